@@ -1,0 +1,39 @@
+# rkube's commands. `make dev` runs rkube; `make test` runs the tests; `make verify` is the gate
+# run before every commit (format, lints, tests). Each target installs the system packages it
+# needs first (scripts/deps.sh, with apt-get).
+
+CARGO ?= cargo
+# Release builds everywhere: RocksDB is compiled once, and tests exercise the binaries users run.
+PROFILE := --release
+
+.PHONY: deps test-deps dev build test verify fmt clippy bench-kv clean
+
+deps:
+	@scripts/deps.sh build
+
+test-deps:
+	@scripts/deps.sh test
+
+build: deps
+	$(CARGO) build $(PROFILE) --bins
+
+dev: deps
+	$(CARGO) run $(PROFILE) --bin rkube -- dev
+
+test: test-deps
+	$(CARGO) test $(PROFILE) --all-targets
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy: deps
+	$(CARGO) clippy $(PROFILE) --all-targets -- -D warnings
+
+verify: fmt clippy test
+
+bench-kv:
+	@scripts/deps.sh bench
+	bench/kv/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,19 @@
+//! Generated protobuf and gRPC code: etcd's v3 API (`etcdserverpb`, `mvccpb`) and rkube's own
+//! peer protocol. Depends on nothing else in rkube.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)] // generated code
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod raft {
+    tonic::include_proto!("rkube.raft.v1");
+}
+
+/// Every service's descriptor, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rkube_descriptor");

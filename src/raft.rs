@@ -1,0 +1,439 @@
+//! Consensus: openraft over RocksDB, and the handle the rest of rkube uses to write, to read
+//! linearizably and to change membership.
+//!
+//! Owns the Raft log ([`log_store`]), the state machine adapter ([`state_machine`]), the peer
+//! transport ([`network`], [`service`]) and lease expiry ([`lessor`]). No openraft type leaves
+//! this module: callers see [`RaftNode`], [`Command`]/[`Response`] and [`ConsensusError`].
+
+mod lessor;
+mod log_store;
+mod network;
+mod service;
+mod state_machine;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::pb::raft::raft_peer_client::RaftPeerClient;
+use crate::pb::raft::RaftBody;
+use crate::store::{Command, Response, Store};
+pub use lessor::Lessor;
+pub use log_store::SyncStats;
+pub use service::PeerService;
+
+openraft::declare_raft_types!(
+    /// rkube's Raft types: the log carries store commands.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = Member,
+        SnapshotData = tokio::fs::File,
+);
+
+/// A member as Raft's membership records it: where its peers reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub peer_addr: String,
+}
+
+/// Why a consensus operation did not happen. Messages are etcd's where etcd clients match them.
+#[derive(Debug, Clone, thiserror::Error, Serialize, Deserialize)]
+pub enum ConsensusError {
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: can only promote a learner member")]
+    NotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: re-configuration failed due to not enough started members")]
+    NotEnoughStarted,
+    #[error("etcdserver: unhealthy cluster: {0}")]
+    Membership(String),
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: forwarding to the leader at {addr} failed: {reason}")]
+    Forward { addr: String, reason: String },
+    #[error("etcdserver: storage error: {0}")]
+    Storage(String),
+}
+
+/// Work only the leader does, asked of it by any member.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderRequest {
+    Write(Command),
+    ReadIndex,
+    AddMember { id: u64, peer_addr: String, learner: bool },
+    PromoteMember { id: u64 },
+    RemoveMember { id: u64 },
+    LeaseKeepAlive { id: i64 },
+    LeaseTimeToLive { id: i64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderReply {
+    Write(Response),
+    ReadIndex(u64),
+    Done,
+    /// Remaining and granted TTL of a lease, in seconds.
+    LeaseTtl {
+        remaining: i64,
+        granted: i64,
+    },
+}
+
+/// Start-up settings of the consensus member.
+#[derive(Debug, Clone)]
+pub struct RaftOptions {
+    pub id: u64,
+    /// Peer addresses of the initial members, this one included.
+    pub initial_cluster: BTreeMap<u64, String>,
+    /// Form a new cluster with `initial_cluster` (etcd's `--initial-cluster-state new`).
+    pub bootstrap: bool,
+    pub snapshot_dir: PathBuf,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    /// Take a snapshot after this many entries.
+    pub snapshot_entries: u64,
+}
+
+/// A snapshot of the member's view of consensus.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub id: u64,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub is_leader: bool,
+    pub voters: BTreeSet<u64>,
+    /// Every member (voters and learners) and its peer address.
+    pub nodes: BTreeMap<u64, String>,
+}
+
+impl RaftStatus {
+    pub fn is_learner(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id) && !self.voters.contains(&id)
+    }
+}
+
+pub struct RaftNode {
+    pub id: u64,
+    raft: Raft<TypeConfig>,
+    store: Arc<Store>,
+    lessor: Lessor,
+    peers: parking_lot::Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+    stats: Arc<SyncStats>,
+}
+
+type WriteErr = RaftError<u64, ClientWriteError<u64, Member>>;
+
+impl RaftNode {
+    /// Starts the Raft member over an opened database. Forms the cluster when asked to and the
+    /// log is empty; a member with state rejoins with what it has.
+    pub async fn start(
+        opts: RaftOptions,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, ConsensusError> {
+        let stop = |e: String| ConsensusError::Storage(e);
+        let config = Config {
+            cluster_name: "rkube".into(),
+            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            election_timeout_min: opts.election_timeout.as_millis() as u64,
+            election_timeout_max: opts.election_timeout.as_millis() as u64 * 2,
+            install_snapshot_timeout: 10_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_entries),
+            max_in_snapshot_log_to_keep: 1_000,
+            max_payload_entries: 1_000,
+            snapshot_max_chunk_size: 1 << 20,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| stop(e.to_string()))?;
+        let stats = Arc::new(SyncStats::default());
+        let log = log_store::LogStore::new(store.db().clone(), stats.clone());
+        let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone())
+            .map_err(|e| stop(e.to_string()))?;
+        let raft =
+            Raft::new(opts.id, Arc::new(config), network::Network, log, sm).await.map_err(|e| stop(e.to_string()))?;
+        if opts.bootstrap && !raft.is_initialized().await.map_err(|e| stop(e.to_string()))? {
+            let members: BTreeMap<u64, Member> =
+                opts.initial_cluster.iter().map(|(id, addr)| (*id, Member { peer_addr: addr.clone() })).collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::info!(error = %e, "cluster already initialized");
+            }
+        }
+        let node = Arc::new(RaftNode {
+            id: opts.id,
+            raft,
+            store: store.clone(),
+            lessor: Lessor::default(),
+            peers: parking_lot::Mutex::new(HashMap::new()),
+            stats,
+        });
+        tokio::spawn(lessor::run_expiry(node.clone(), shutdown));
+        Ok(node)
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    pub fn lessor(&self) -> &Lessor {
+        &self.lessor
+    }
+
+    /// (WAL syncs, log appends acknowledged) since start: appends per sync is the group commit.
+    pub fn sync_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.stats.syncs.load(Relaxed), self.stats.appends.load(Relaxed))
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        RaftStatus {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            is_leader: m.state == ServerState::Leader,
+            voters: membership.voter_ids().collect(),
+            nodes: membership.nodes().map(|(id, n)| (*id, n.peer_addr.clone())).collect(),
+        }
+    }
+
+    /// Waits up to `limit` for a known leader.
+    async fn leader(&self, limit: Duration) -> Result<(u64, String), ConsensusError> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Some(l) = m.current_leader {
+                    if let Some(n) = m.membership_config.membership().get_node(&l) {
+                        return Ok((l, n.peer_addr.clone()));
+                    }
+                }
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(_)) => return Err(ConsensusError::Stopped),
+                Err(_) => return Err(ConsensusError::NoLeader),
+            }
+        }
+    }
+
+    /// Runs `req` on the leader: here when this member leads, else forwarded over the peer link.
+    pub async fn on_leader(&self, req: LeaderRequest) -> Result<LeaderReply, ConsensusError> {
+        for _ in 0..5 {
+            let (leader, addr) = self.leader(Duration::from_secs(5)).await?;
+            if leader == self.id {
+                match self.handle_as_leader(req.clone()).await {
+                    Err(ConsensusError::NoLeader) => continue,
+                    other => return other,
+                }
+            }
+            match self.forward(&addr, &req).await {
+                Err(ConsensusError::NoLeader) => {
+                    // The leader moved on since we looked; wait a moment for the next one.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        Err(ConsensusError::NoLeader)
+    }
+
+    async fn forward(&self, addr: &str, req: &LeaderRequest) -> Result<LeaderReply, ConsensusError> {
+        let fail = |reason: String| ConsensusError::Forward { addr: addr.to_string(), reason };
+        let mut client = {
+            let mut peers = self.peers.lock();
+            match peers.get(addr) {
+                Some(c) => c.clone(),
+                None => {
+                    let ch = network::peer_channel(addr).map_err(|e| fail(e.to_string()))?;
+                    let c =
+                        RaftPeerClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
+                    peers.insert(addr.to_string(), c.clone());
+                    c
+                }
+            }
+        };
+        let body = bincode::serialize(req).map_err(|e| fail(e.to_string()))?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }))
+            .await
+            .map_err(|_| ConsensusError::Timeout)?
+            .map_err(|s| fail(s.message().to_string()))?;
+        bincode::deserialize::<Result<LeaderReply, ConsensusError>>(&resp.into_inner().body)
+            .map_err(|e| fail(e.to_string()))?
+    }
+
+    /// Does leader-only work locally. Answers NoLeader when this member is not (or no longer)
+    /// the leader, so that the caller looks for the leader again.
+    pub(crate) async fn handle_as_leader(&self, req: LeaderRequest) -> Result<LeaderReply, ConsensusError> {
+        match req {
+            LeaderRequest::Write(cmd) => {
+                let grant = match &cmd {
+                    Command::LeaseGrant { id, ttl } => Some((*id, *ttl)),
+                    _ => None,
+                };
+                let resp = self.raft.client_write(cmd).await.map_err(map_write_err)?;
+                if let Some((id, ttl)) = grant {
+                    self.lessor.touch(id, ttl);
+                }
+                Ok(LeaderReply::Write(resp.data))
+            }
+            LeaderRequest::ReadIndex => {
+                let (read, _) = self.raft.get_read_log_id().await.map_err(|e| match e {
+                    RaftError::APIError(_) => ConsensusError::NoLeader,
+                    RaftError::Fatal(_) => ConsensusError::Stopped,
+                })?;
+                Ok(LeaderReply::ReadIndex(read.map(|l| l.index).unwrap_or(0)))
+            }
+            LeaderRequest::AddMember { id, peer_addr, learner } => {
+                let status = self.status();
+                if status.nodes.contains_key(&id) {
+                    return Err(ConsensusError::MemberExists);
+                }
+                if status.nodes.values().any(|a| *a == peer_addr) {
+                    return Err(ConsensusError::PeerUrlExists);
+                }
+                self.raft.add_learner(id, Member { peer_addr }, false).await.map_err(map_write_err)?;
+                if !learner {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_write_err)?;
+                }
+                Ok(LeaderReply::Done)
+            }
+            LeaderRequest::PromoteMember { id } => {
+                let status = self.status();
+                if !status.nodes.contains_key(&id) {
+                    return Err(ConsensusError::MemberNotFound);
+                }
+                if !status.is_learner(id) {
+                    return Err(ConsensusError::NotLearner);
+                }
+                let m = self.raft.metrics().borrow().clone();
+                let matched = m.replication.as_ref().and_then(|r| r.get(&id).cloned()).flatten().map(|l| l.index);
+                let caught_up = matched.is_some_and(|i| i + 1000 >= m.last_log_index.unwrap_or(0));
+                if !caught_up {
+                    return Err(ConsensusError::LearnerNotReady);
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                    .await
+                    .map_err(map_write_err)?;
+                Ok(LeaderReply::Done)
+            }
+            LeaderRequest::RemoveMember { id } => {
+                let status = self.status();
+                if !status.nodes.contains_key(&id) {
+                    return Err(ConsensusError::MemberNotFound);
+                }
+                if status.voters.contains(&id) {
+                    if status.voters.len() == 1 {
+                        return Err(ConsensusError::Membership("cannot remove the last voting member".into()));
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_write_err)?;
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(map_write_err)?;
+                }
+                Ok(LeaderReply::Done)
+            }
+            LeaderRequest::LeaseKeepAlive { id } => {
+                self.ensure_leader()?;
+                let rec = self.store.lease(id).map_err(|e| ConsensusError::Storage(e.to_string()))?;
+                let rec = rec.ok_or(ConsensusError::LeaseNotFound)?;
+                self.lessor.touch(id, rec.ttl);
+                Ok(LeaderReply::LeaseTtl { remaining: rec.ttl, granted: rec.ttl })
+            }
+            LeaderRequest::LeaseTimeToLive { id } => {
+                self.ensure_leader()?;
+                let rec = self.store.lease(id).map_err(|e| ConsensusError::Storage(e.to_string()))?;
+                let rec = rec.ok_or(ConsensusError::LeaseNotFound)?;
+                let remaining = self.lessor.remaining(id).unwrap_or(rec.ttl);
+                Ok(LeaderReply::LeaseTtl { remaining, granted: rec.ttl })
+            }
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), ConsensusError> {
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            Ok(())
+        } else {
+            Err(ConsensusError::NoLeader)
+        }
+    }
+
+    /// Proposes a command and returns what applying it answered.
+    pub async fn write(&self, cmd: Command) -> Result<Response, ConsensusError> {
+        match self.on_leader(LeaderRequest::Write(cmd)).await? {
+            LeaderReply::Write(r) => Ok(r),
+            other => Err(ConsensusError::Storage(format!("unexpected reply to a write: {other:?}"))),
+        }
+    }
+
+    /// Waits until this member has applied everything committed when the call began, as
+    /// confirmed by the leader with a quorum (read index). After it, local reads are
+    /// linearizable.
+    pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
+        let index = match self.on_leader(LeaderRequest::ReadIndex).await? {
+            LeaderReply::ReadIndex(i) => i,
+            other => return Err(ConsensusError::Storage(format!("unexpected reply to read index: {other:?}"))),
+        };
+        self.raft
+            .wait(Some(Duration::from_secs(10)))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map_err(|_| ConsensusError::Timeout)?;
+        Ok(())
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+
+    pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+}
+
+fn map_write_err(e: WriteErr) -> ConsensusError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ConsensusError::NoLeader,
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => ConsensusError::Membership(e.to_string()),
+        RaftError::Fatal(_) => ConsensusError::Stopped,
+    }
+}

@@ -1,0 +1,194 @@
+//! The Raft log and vote in RocksDB.
+//!
+//! Appends are written at once without a sync, so that they are readable straight away, and are
+//! acknowledged to openraft only after a WAL sync. The syncs happen on one dedicated thread that
+//! takes every append waiting at that moment and covers them with a single `fsync` (group
+//! commit). The vote is synced before `save_vote` returns.
+
+use std::fmt::Debug;
+use std::ops::RangeBounds;
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{Entry, LogId, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+
+use super::TypeConfig;
+use crate::store::db::{CF_LOG, CF_RAFT};
+
+const VOTE: &[u8] = b"vote";
+const COMMITTED: &[u8] = b"committed";
+const PURGED: &[u8] = b"last_purged";
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column families are created when the database opens")
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::read_logs(&e).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
+    StorageIOError::write_logs(&e).into()
+}
+
+/// Counters of the group commit, for the benchmark and metrics.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    pub syncs: std::sync::atomic::AtomicU64,
+    pub appends: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>, stats: Arc<SyncStats>) -> Self {
+        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || sync_loop(sync_db, rx, stats))
+            .expect("spawning the log sync thread");
+        LogStore { db, syncer: tx }
+    }
+
+    fn get_raft<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
+        match self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_err)? {
+            Some(b) => Ok(Some(bincode::deserialize(&b).map_err(read_err)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_raft<T: serde::Serialize>(&self, key: &[u8], value: &T, sync: bool) -> StorageResult<()> {
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        let bytes = bincode::serialize(value).map_err(write_err)?;
+        self.db.put_cf_opt(cf(&self.db, CF_RAFT), key, bytes, &wo).map_err(write_err)
+    }
+}
+
+/// Waits for appends, then syncs the WAL once for all of them and acknowledges them together.
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: Arc<SyncStats>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = db.flush_wal(true).map_err(std::io::Error::other);
+        stats.syncs.fetch_add(1, Relaxed);
+        stats.appends.fetch_add(waiting.len() as u64, Relaxed);
+        for cb in waiting {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            cb.log_io_completed(r);
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        use std::ops::Bound;
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => *x + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let from = start.to_be_bytes();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&from, Direction::Forward)) {
+            let (k, v) = item.map_err(read_err)?;
+            let idx =
+                u64::from_be_bytes(k.as_ref().try_into().map_err(|_| read_err(std::io::Error::other("bad log key")))?);
+            if !range.contains(&idx) {
+                break;
+            }
+            out.push(bincode::deserialize(&v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId<u64>> = self.get_raft(PURGED)?;
+        let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_LOG));
+        it.seek_to_last();
+        let last = match it.value() {
+            Some(v) => Some(bincode::deserialize::<Entry<TypeConfig>>(v).map_err(read_err)?.log_id),
+            None => {
+                it.status().map_err(read_err)?;
+                last_purged
+            }
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        self.put_raft(VOTE, vote, true)
+            .map_err(|e| StorageIOError::write_vote(&std::io::Error::other(e.to_string())).into())
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
+        self.get_raft(VOTE)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> StorageResult<()> {
+        // Unsynced: the committed index is a hint that lets a restarted member apply sooner; a
+        // lost one is learned again from the leader.
+        self.put_raft(COMMITTED, &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId<u64>>> {
+        Ok(self.get_raft::<Option<LogId<u64>>>(COMMITTED)?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = WriteBatch::default();
+        let log_cf = cf(&self.db, CF_LOG);
+        for entry in entries {
+            let bytes = bincode::serialize(&entry).map_err(write_err)?;
+            batch.put_cf(log_cf, entry.log_id.index.to_be_bytes(), bytes);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.db.write_opt(batch, &wo).map_err(write_err)?;
+        // Durable only once the sync thread has synced the WAL; until then openraft does not
+        // count these entries as persisted.
+        self.syncer.send(callback).map_err(|_| write_err(std::io::Error::other("log sync thread stopped")))?;
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        let log_cf = cf(&self.db, CF_LOG);
+        self.db.delete_range_cf(log_cf, log_id.index.to_be_bytes(), u64::MAX.to_be_bytes()).map_err(write_err)?;
+        self.db.delete_cf(log_cf, u64::MAX.to_be_bytes()).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), PURGED, bincode::serialize(&Some(log_id)).map_err(write_err)?);
+        batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
+        self.db.write(batch).map_err(write_err)
+    }
+}

@@ -1,0 +1,76 @@
+//! What the Raft log carries and what applying it answers. Every variant is applied the same
+//! way on every member, so everything it depends on (lease ids, member ids) is chosen before it
+//! is proposed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pb::etcdserverpb as epb;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Command {
+    Put(epb::PutRequest),
+    DeleteRange(epb::DeleteRangeRequest),
+    Txn(epb::TxnRequest),
+    Compact {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    /// Revokes a lease: by a client, or by the leader when the lease expired.
+    LeaseRevoke {
+        id: i64,
+    },
+    /// A member's name and client address, published once it runs (etcd does the same).
+    PublishMember {
+        id: u64,
+        name: String,
+        api_addr: String,
+    },
+    /// Raises or clears an alarm (NOSPACE) for a member.
+    Alarm {
+        member: u64,
+        alarm: i32,
+        activate: bool,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    Put(epb::PutResponse),
+    DeleteRange(epb::DeleteRangeResponse),
+    Txn(epb::TxnResponse),
+    /// Commands that answer only with the store revision.
+    Done {
+        revision: i64,
+    },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+        revision: i64,
+    },
+    Error(ApplyError),
+    /// Raft's own entries (blank, membership) answer nothing.
+    None,
+}
+
+/// A command that applied to nothing, deterministically on every member. The messages are
+/// etcd's, because etcd clients match on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum ApplyError {
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    #[error("etcdserver: storage error: {0}")]
+    Storage(String),
+}

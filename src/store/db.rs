@@ -1,0 +1,158 @@
+//! Opening the member's RocksDB: column families, tuning, and the start-up checks that refuse
+//! a data directory that is not ours, belongs to another member, or is damaged.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, Options, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+
+/// Raft log entries, keyed by index.
+pub const CF_LOG: &str = "log";
+/// Raft metadata: vote, committed, last purged, member identity.
+pub const CF_RAFT: &str = "raft";
+/// Current value of each key.
+pub const CF_KV: &str = "kv";
+/// Every version of each key still in history.
+pub const CF_HIST: &str = "hist";
+/// Events by revision, for watches.
+pub const CF_REVS: &str = "revs";
+/// Leases by id.
+pub const CF_LEASE: &str = "lease";
+/// Keys attached to each lease.
+pub const CF_LEASE_KEYS: &str = "lease_keys";
+/// State machine metadata: applied log id, membership, revision, compaction, members, alarms.
+pub const CF_META: &str = "meta";
+
+/// The column families that make up the state machine (and so a snapshot).
+pub const SM_CFS: [&str; 6] = [CF_KV, CF_HIST, CF_REVS, CF_LEASE, CF_LEASE_KEYS, CF_META];
+const ALL_CFS: [&str; 8] = [CF_LOG, CF_RAFT, CF_KV, CF_HIST, CF_REVS, CF_LEASE, CF_LEASE_KEYS, CF_META];
+
+const IDENTITY_KEY: &[u8] = b"identity";
+
+/// Who a data directory belongs to, written once when it is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("data dir {path}: cannot read it: {source}")]
+    Unreadable { path: PathBuf, source: std::io::Error },
+    #[error("data dir {path}: not empty and holds no rkube database (expected {path}/db); refusing to use it")]
+    NotADataDir { path: PathBuf },
+    #[error("data dir {path}: belongs to member {found} of cluster {found_cluster:x}, not to member {expected}; refusing to start")]
+    OtherMember { path: PathBuf, found: u64, found_cluster: u64, expected: u64 },
+    #[error("data dir {path}: the database is damaged or unreadable: {reason}; refusing to start (restore it from a snapshot or remove the member and add it anew)")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// An open member database and the identity it carries.
+pub struct Opened {
+    pub db: Arc<DB>,
+    pub identity: Identity,
+    /// True when the database was created by this start.
+    pub fresh: bool,
+}
+
+fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+    // One small block cache for every column family keeps the resident set small; RocksDB's
+    // own page reads go through the OS cache anyway.
+    let cache = Cache::new_lru_cache(16 << 20);
+    let mut block = BlockBasedOptions::default();
+    block.set_block_cache(&cache);
+    block.set_bloom_filter(10.0, false);
+    block.set_cache_index_and_filter_blocks(true);
+
+    let mut db_opts = Options::default();
+    db_opts.create_if_missing(true);
+    db_opts.create_missing_column_families(true);
+    db_opts.set_paranoid_checks(true);
+    db_opts.set_max_open_files(512);
+    db_opts.set_keep_log_file_num(4);
+    db_opts.set_max_background_jobs(2);
+    // Every family shares one WAL; the Raft log's synced appends also make the state machine's
+    // earlier unsynced writes durable, because the WAL is one sequential file.
+    db_opts.set_max_total_wal_size(256 << 20);
+
+    let cfs = ALL_CFS
+        .iter()
+        .map(|name| {
+            let mut o = Options::default();
+            o.set_block_based_table_factory(&block);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o.set_write_buffer_size(if *name == CF_LOG { 32 << 20 } else { 16 << 20 });
+            o.set_max_write_buffer_number(2);
+            ColumnFamilyDescriptor::new(*name, o)
+        })
+        .collect();
+    (db_opts, cfs)
+}
+
+/// Opens (or creates) the database under `data_dir`, checking that it is this member's.
+pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
+    let unreadable = |source| OpenError::Unreadable { path: data_dir.to_path_buf(), source };
+    let db_dir = data_dir.join("db");
+    let exists = db_dir.join("CURRENT").exists();
+    if !exists {
+        if data_dir.exists() {
+            let mut entries = std::fs::read_dir(data_dir).map_err(unreadable)?;
+            let has_foreign = entries.any(|e| {
+                e.map(|e| {
+                    let name = e.file_name();
+                    name != "db" && name != "snapshots"
+                })
+                .unwrap_or(true)
+            });
+            if has_foreign || db_dir.exists() {
+                return Err(OpenError::NotADataDir { path: data_dir.to_path_buf() });
+            }
+        }
+        std::fs::create_dir_all(&db_dir).map_err(unreadable)?;
+    }
+    let (mut opts, cfs) = options();
+    opts.create_if_missing(!exists);
+    let db = DB::open_cf_descriptors(&opts, &db_dir, cfs)
+        .map_err(|e| OpenError::Corrupt { path: data_dir.to_path_buf(), reason: e.into_string() })?;
+    let corrupt = |reason: String| OpenError::Corrupt { path: data_dir.to_path_buf(), reason };
+    let raft_cf = db.cf_handle(CF_RAFT).expect("column family created at open");
+    let stored = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))?;
+    let identity = match stored {
+        Some(bytes) => {
+            let found: Identity = bincode::deserialize(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
+            if found.member_id != wanted.member_id {
+                return Err(OpenError::OtherMember {
+                    path: data_dir.to_path_buf(),
+                    found: found.member_id,
+                    found_cluster: found.cluster_id,
+                    expected: wanted.member_id,
+                });
+            }
+            found
+        }
+        None if !exists => {
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            let bytes = bincode::serialize(&wanted).expect("identity serializes");
+            db.put_cf_opt(raft_cf, IDENTITY_KEY, bytes, &wo).map_err(|e| corrupt(e.into_string()))?;
+            wanted
+        }
+        None => return Err(corrupt("the identity record is missing".into())),
+    };
+    Ok(Opened { db: Arc::new(db), identity, fresh: !exists })
+}
+
+/// Bytes the database takes on disk (SST files plus memtables).
+pub fn size_bytes(db: &DB) -> u64 {
+    ALL_CFS
+        .iter()
+        .filter_map(|name| db.cf_handle(name))
+        .map(|cf| {
+            let sst = db.property_int_value_cf(cf, "rocksdb.total-sst-files-size").ok().flatten().unwrap_or(0);
+            let mem = db.property_int_value_cf(cf, "rocksdb.cur-size-all-mem-tables").ok().flatten().unwrap_or(0);
+            sst + mem
+        })
+        .sum()
+}

@@ -1,0 +1,876 @@
+//! The MVCC key-value state machine with etcd's semantics, kept in RocksDB.
+//!
+//! A global revision grows by one for each write transaction; each key carries its create and
+//! mod revision, version and lease. `kv` holds the current version of each key, `hist` every
+//! version still in history (for reads at a past revision), `revs` every event by revision (for
+//! watches). The [`Applier`] is the only writer and runs on the Raft apply path; [`Store`] serves
+//! reads from RocksDB snapshots to any number of callers.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use prost::Message;
+use rocksdb::{Direction, IteratorMode, ReadOptions, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::command::{ApplyError, Command, Response};
+use super::db::{CF_HIST, CF_KV, CF_LEASE, CF_LEASE_KEYS, CF_META, CF_REVS};
+use super::keys::{self, RangeEnd};
+use crate::pb::etcdserverpb as epb;
+use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::pb::etcdserverpb::request_op::Request as OpRequest;
+use crate::pb::etcdserverpb::response_op::Response as OpResponse;
+use crate::pb::mvccpb::{event::EventType, Event, KeyValue};
+
+const META_REVS: &[u8] = b"revisions";
+const META_MEMBER: &[u8] = b"member/";
+const META_ALARM: &[u8] = b"alarm/";
+/// etcd's alarm type for "database space exceeded".
+pub const ALARM_NOSPACE: i32 = 1;
+
+/// The store's revision counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revisions {
+    /// The revision of the last write transaction (etcd starts at 1 for an empty store).
+    pub current: i64,
+    /// Reads and watches below this revision answer "compacted".
+    pub compacted: i64,
+}
+
+/// A member's published attributes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttr {
+    pub name: String,
+    pub api_addr: String,
+}
+
+/// A lease as the state machine keeps it: its granted TTL in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseRecord {
+    pub ttl: i64,
+}
+
+fn storage(e: impl std::fmt::Display) -> ApplyError {
+    ApplyError::Storage(e.to_string())
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column families are created when the database opens")
+}
+
+fn decode_kv(bytes: &[u8]) -> Result<KeyValue, ApplyError> {
+    KeyValue::decode(bytes).map_err(storage)
+}
+
+/// A history record: a version of a key, or the tombstone that ended it.
+fn encode_hist(kv: &KeyValue, live: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(kv.encoded_len() + 1);
+    out.push(u8::from(live));
+    kv.encode(&mut out).expect("a Vec grows as needed");
+    out
+}
+
+fn decode_hist(bytes: &[u8]) -> Result<(bool, KeyValue), ApplyError> {
+    let (tag, rest) = bytes.split_first().ok_or_else(|| storage("empty history record"))?;
+    Ok((*tag == 1, decode_kv(rest)?))
+}
+
+/// Scans the current versions of keys in a range, calling `f` until it returns false.
+fn scan_current(
+    db: &DB,
+    ro: ReadOptions,
+    start: &[u8],
+    end: &[u8],
+    mut f: impl FnMut(KeyValue) -> bool,
+) -> Result<(), ApplyError> {
+    let kv_cf = cf(db, CF_KV);
+    if let RangeEnd::Single = keys::range_end(end) {
+        if let Some(v) = db.get_cf_opt(kv_cf, start, &ro).map_err(storage)? {
+            f(decode_kv(&v)?);
+        }
+        return Ok(());
+    }
+    let mut ro = ro;
+    if let RangeEnd::Before(e) = keys::range_end(end) {
+        if e <= start {
+            return Ok(());
+        }
+        ro.set_iterate_upper_bound(e.to_vec());
+    }
+    for item in db.iterator_cf_opt(kv_cf, ro, IteratorMode::From(start, Direction::Forward)) {
+        let (_, v) = item.map_err(storage)?;
+        if !f(decode_kv(&v)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Scans the versions of keys in a range as they were at `rev`.
+fn scan_at(
+    db: &DB,
+    ro: ReadOptions,
+    start: &[u8],
+    end: &[u8],
+    rev: i64,
+    mut f: impl FnMut(KeyValue) -> bool,
+) -> Result<(), ApplyError> {
+    let hist_cf = cf(db, CF_HIST);
+    let from = keys::escape(start);
+    let stop: Option<Vec<u8>> = match keys::range_end(end) {
+        RangeEnd::Single => None,
+        RangeEnd::Open => None,
+        RangeEnd::Before(e) => Some(keys::escape(e)),
+    };
+    let single = matches!(keys::range_end(end), RangeEnd::Single);
+    // The newest version at or below `rev` of the key group being read.
+    let mut group: Option<Vec<u8>> = None;
+    let mut best: Option<(bool, KeyValue)> = None;
+    let mut flush = |best: &mut Option<(bool, KeyValue)>| -> bool {
+        match best.take() {
+            Some((true, kv)) => f(kv),
+            _ => true,
+        }
+    };
+    for item in db.iterator_cf_opt(hist_cf, ro, IteratorMode::From(&from, Direction::Forward)) {
+        let (k, v) = item.map_err(storage)?;
+        let Some((gk, r)) = keys::split_hist(&k) else { continue };
+        if single && gk != from.as_slice() {
+            break;
+        }
+        if let Some(stop) = &stop {
+            if gk >= stop.as_slice() {
+                break;
+            }
+        }
+        if group.as_deref() != Some(gk) {
+            if !flush(&mut best) {
+                return Ok(());
+            }
+            group = Some(gk.to_vec());
+        }
+        if r <= rev {
+            best = Some(decode_hist(&v)?);
+        }
+    }
+    flush(&mut best);
+    Ok(())
+}
+
+fn sort_and_page(mut kvs: Vec<KeyValue>, req: &epb::RangeRequest) -> (Vec<KeyValue>, bool, i64) {
+    let count = kvs.len() as i64;
+    let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    // etcd sorts ascending when a target other than the key is named without an order.
+    let order = match (order, target) {
+        (SortOrder::None, SortTarget::Key) => SortOrder::None,
+        (SortOrder::None, _) => SortOrder::Ascend,
+        (o, _) => o,
+    };
+    if order != SortOrder::None {
+        let key_of = |kv: &KeyValue| -> (Vec<u8>, i64) {
+            match target {
+                SortTarget::Key => (kv.key.clone(), 0),
+                SortTarget::Version => (Vec::new(), kv.version),
+                SortTarget::Create => (Vec::new(), kv.create_revision),
+                SortTarget::Mod => (Vec::new(), kv.mod_revision),
+                SortTarget::Value => (kv.value.clone(), 0),
+            }
+        };
+        kvs.sort_by(|a, b| {
+            let o = key_of(a).cmp(&key_of(b));
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let more = req.limit > 0 && count > req.limit;
+    if req.limit > 0 {
+        kvs.truncate(req.limit as usize);
+    }
+    (kvs, more, count)
+}
+
+fn passes_filters(kv: &KeyValue, req: &epb::RangeRequest) -> bool {
+    (req.min_mod_revision == 0 || kv.mod_revision >= req.min_mod_revision)
+        && (req.max_mod_revision == 0 || kv.mod_revision <= req.max_mod_revision)
+        && (req.min_create_revision == 0 || kv.create_revision >= req.min_create_revision)
+        && (req.max_create_revision == 0 || kv.create_revision <= req.max_create_revision)
+}
+
+fn finish_range(kvs: Vec<KeyValue>, req: &epb::RangeRequest, revision: i64) -> epb::RangeResponse {
+    let (mut kvs, more, count) = sort_and_page(kvs, req);
+    if req.count_only {
+        kvs.clear();
+    } else if req.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    epb::RangeResponse { header: Some(epb::ResponseHeader { revision, ..Default::default() }), kvs, more, count }
+}
+
+/// Whether a range request can stop reading after `limit` keys: only when keys come out in
+/// their natural order and nothing needs counting past the page.
+fn read_all_for(req: &epb::RangeRequest) -> bool {
+    let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
+    !(order == SortOrder::None || (order == SortOrder::Ascend && target == SortTarget::Key))
+}
+
+/// The read side of the store, shared by every API handler.
+pub struct Store {
+    db: Arc<DB>,
+    revs: watch::Sender<Revisions>,
+}
+
+impl Store {
+    /// Opens the store over an already opened database, reading its counters.
+    pub fn new(db: Arc<DB>) -> Result<Arc<Self>, ApplyError> {
+        let revs = read_revisions(&db)?;
+        Ok(Arc::new(Store { db, revs: watch::channel(revs).0 }))
+    }
+
+    pub fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    /// The counters as of the last applied entry.
+    pub fn revisions(&self) -> Revisions {
+        *self.revs.borrow()
+    }
+
+    /// A receiver that wakes whenever the applied revision moves.
+    pub fn subscribe(&self) -> watch::Receiver<Revisions> {
+        self.revs.subscribe()
+    }
+
+    pub(crate) fn publish(&self, revs: Revisions) {
+        self.revs.send_if_modified(|cur| {
+            let changed = *cur != revs;
+            *cur = revs;
+            changed
+        });
+    }
+
+    /// A Range read against a consistent snapshot of the store.
+    pub fn range(&self, req: &epb::RangeRequest) -> Result<epb::RangeResponse, ApplyError> {
+        let snap = self.db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let revs = match self.db.get_cf_opt(cf(&self.db, CF_META), META_REVS, &ro).map_err(storage)? {
+            Some(b) => bincode::deserialize::<Revisions>(&b).map_err(storage)?,
+            None => Revisions::default(),
+        };
+        let current = revs.current.max(1);
+        if req.revision > 0 && req.revision < revs.compacted {
+            return Err(ApplyError::Compacted);
+        }
+        if req.revision > current {
+            return Err(ApplyError::FutureRevision);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let stop_early = !read_all_for(req) && !req.count_only;
+        let limit = if req.limit > 0 { req.limit as usize } else { usize::MAX };
+        let mut kvs = Vec::new();
+        let mut extra = 0i64;
+        let collect = |kv: KeyValue| {
+            if passes_filters(&kv, req) {
+                if stop_early && kvs.len() >= limit {
+                    extra += 1;
+                } else {
+                    kvs.push(kv);
+                }
+            }
+            true
+        };
+        if req.revision == 0 || req.revision >= revs.current {
+            scan_current(&self.db, ro, &req.key, &req.range_end, collect)?;
+        } else {
+            scan_at(&self.db, ro, &req.key, &req.range_end, req.revision, collect)?;
+        }
+        let mut resp = finish_range(kvs, req, current);
+        resp.count += extra;
+        resp.more = resp.more || extra > 0;
+        Ok(resp)
+    }
+
+    /// Events with revisions in `[from, ..]`, at most `max` revisions' worth, in order.
+    /// Fails with Compacted when `from` is below the compaction point.
+    pub fn events(&self, from: i64, max: usize) -> Result<(Vec<Event>, Revisions), ApplyError> {
+        let snap = self.db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let revs = match self.db.get_cf_opt(cf(&self.db, CF_META), META_REVS, &ro).map_err(storage)? {
+            Some(b) => bincode::deserialize::<Revisions>(&b).map_err(storage)?,
+            None => Revisions::default(),
+        };
+        if from < revs.compacted {
+            return Err(ApplyError::Compacted);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let start = keys::rev_key(from, 0);
+        let mut out = Vec::new();
+        let mut last_rev = 0;
+        for item in self.db.iterator_cf_opt(cf(&self.db, CF_REVS), ro, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, v) = item.map_err(storage)?;
+            let rev = keys::rev_of(&k);
+            if rev != last_rev && out.len() >= max {
+                break;
+            }
+            last_rev = rev;
+            out.push(Event::decode(v.as_ref()).map_err(storage)?);
+        }
+        Ok((out, revs))
+    }
+
+    /// The version of `key` just before revision `rev`, if it was live then.
+    pub fn prev_kv(&self, key: &[u8], rev: i64) -> Result<Option<KeyValue>, ApplyError> {
+        let target = keys::hist_key(key, rev - 1);
+        let prefix = keys::escape(key);
+        let mut it = self.db.raw_iterator_cf(cf(&self.db, CF_HIST));
+        it.seek_for_prev(&target);
+        if let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if let Some((gk, _)) = keys::split_hist(k) {
+                if gk == prefix.as_slice() {
+                    let (live, kv) = decode_hist(v)?;
+                    return Ok(live.then_some(kv));
+                }
+            }
+        }
+        it.status().map_err(storage)?;
+        Ok(None)
+    }
+
+    /// Every lease and its granted TTL.
+    pub fn leases(&self) -> Result<Vec<(i64, LeaseRecord)>, ApplyError> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(cf(&self.db, CF_LEASE), IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            let id = i64::from_be_bytes(k.as_ref().try_into().map_err(storage)?);
+            out.push((id, bincode::deserialize(&v).map_err(storage)?));
+        }
+        Ok(out)
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseRecord>, ApplyError> {
+        match self.db.get_cf(cf(&self.db, CF_LEASE), keys::lease_key(id)).map_err(storage)? {
+            Some(v) => Ok(Some(bincode::deserialize(&v).map_err(storage)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The keys attached to a lease.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, ApplyError> {
+        lease_keys(&self.db, id)
+    }
+
+    /// Published member attributes by member id.
+    pub fn members(&self) -> Result<BTreeMap<u64, MemberAttr>, ApplyError> {
+        let mut out = BTreeMap::new();
+        for item in self.db.prefix_iterator_cf(cf(&self.db, CF_META), META_MEMBER) {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(META_MEMBER) {
+                break;
+            }
+            let id = u64::from_be_bytes(k[META_MEMBER.len()..].try_into().map_err(storage)?);
+            out.insert(id, bincode::deserialize(&v).map_err(storage)?);
+        }
+        Ok(out)
+    }
+
+    /// Active alarms as (member, alarm type).
+    pub fn alarms(&self) -> Result<Vec<(u64, i32)>, ApplyError> {
+        read_alarms(&self.db).map(|s| s.into_iter().collect())
+    }
+
+    /// A hash of every key version at or below `rev`, for comparing members.
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, Revisions), ApplyError> {
+        let snap = self.db.snapshot();
+        let mut ro = ReadOptions::default();
+        ro.set_snapshot(&snap);
+        let revs = self.revisions();
+        let rev = if rev == 0 { revs.current } else { rev };
+        let mut h = crc32fast::Hasher::new();
+        for item in self.db.iterator_cf_opt(cf(&self.db, CF_HIST), ro, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            if keys::split_hist(&k).is_some_and(|(_, r)| r <= rev) {
+                h.update(&k);
+                h.update(&v);
+            }
+        }
+        Ok((h.finalize(), revs))
+    }
+}
+
+fn lease_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>, ApplyError> {
+    let prefix = keys::lease_key(id);
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf(db, CF_LEASE_KEYS), IteratorMode::From(&prefix, Direction::Forward)) {
+        let (k, _) = item.map_err(storage)?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        out.push(k[8..].to_vec());
+    }
+    Ok(out)
+}
+
+fn read_revisions(db: &DB) -> Result<Revisions, ApplyError> {
+    match db.get_cf(cf(db, CF_META), META_REVS).map_err(storage)? {
+        Some(b) => bincode::deserialize(&b).map_err(storage),
+        None => Ok(Revisions { current: 1, compacted: 0 }),
+    }
+}
+
+fn read_alarms(db: &DB) -> Result<BTreeSet<(u64, i32)>, ApplyError> {
+    let mut out = BTreeSet::new();
+    for item in db.prefix_iterator_cf(cf(db, CF_META), META_ALARM) {
+        let (k, _) = item.map_err(storage)?;
+        if !k.starts_with(META_ALARM) {
+            break;
+        }
+        let rest = &k[META_ALARM.len()..];
+        if rest.len() == 12 {
+            let member = u64::from_be_bytes(rest[..8].try_into().map_err(storage)?);
+            let alarm = i32::from_be_bytes(rest[8..].try_into().map_err(storage)?);
+            out.insert((member, alarm));
+        }
+    }
+    Ok(out)
+}
+
+fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
+    let mut k = META_ALARM.to_vec();
+    k.extend_from_slice(&member.to_be_bytes());
+    k.extend_from_slice(&alarm.to_be_bytes());
+    k
+}
+
+/// The one writer: applies commands to the store, one RocksDB write batch per command.
+pub struct Applier {
+    store: Arc<Store>,
+    revs: Revisions,
+    alarms: BTreeSet<(u64, i32)>,
+}
+
+/// The writes of one transaction, and what it has changed so far (reads within the
+/// transaction see its own earlier writes, as in etcd).
+struct TxnCtx {
+    rev: i64,
+    sub: u32,
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    batch: WriteBatch,
+}
+
+impl Applier {
+    pub fn new(store: Arc<Store>) -> Result<Self, ApplyError> {
+        let revs = read_revisions(&store.db)?;
+        let alarms = read_alarms(&store.db)?;
+        Ok(Applier { store, revs, alarms })
+    }
+
+    pub fn revisions(&self) -> Revisions {
+        self.revs
+    }
+
+    /// Reloads the counters after a snapshot replaced the state.
+    pub fn reload(&mut self) -> Result<(), ApplyError> {
+        self.revs = read_revisions(&self.store.db)?;
+        self.alarms = read_alarms(&self.store.db)?;
+        self.store.publish(self.revs);
+        Ok(())
+    }
+
+    /// Applies one command (or none, for Raft's own entries) together with `meta`, the
+    /// caller's bookkeeping (applied log id, membership), in a single write batch.
+    /// Only a storage failure is an `Err`; a command that fails answers `Response::Error`.
+    pub fn apply(&mut self, cmd: Option<&Command>, meta: &[(&[u8], Vec<u8>)]) -> Result<Response, ApplyError> {
+        let mut ctx =
+            TxnCtx { rev: self.revs.current + 1, sub: 0, overlay: BTreeMap::new(), batch: WriteBatch::default() };
+        let mut alarms = self.alarms.clone();
+        let mut compacted = self.revs.compacted;
+        let result = match cmd {
+            None => Ok(Response::None),
+            Some(cmd) => self.apply_command(&mut ctx, cmd, &mut alarms, &mut compacted),
+        };
+        let (mut batch, resp, revs) = match result {
+            Ok(resp) => {
+                let current = if ctx.sub > 0 { ctx.rev } else { self.revs.current };
+                (ctx.batch, resp, Revisions { current, compacted })
+            }
+            Err(ApplyError::Storage(e)) => return Err(ApplyError::Storage(e)),
+            Err(e) => {
+                alarms = self.alarms.clone();
+                (WriteBatch::default(), Response::Error(e), self.revs)
+            }
+        };
+        let meta_cf = cf(&self.store.db, CF_META);
+        for (k, v) in meta {
+            batch.put_cf(meta_cf, k, v);
+        }
+        if revs != self.revs {
+            batch.put_cf(meta_cf, META_REVS, bincode::serialize(&revs).expect("revisions serialize"));
+        }
+        // Not synced here: the Raft log holds the entry durably, and the next synced log append
+        // syncs this write too (one WAL). A crash re-applies from the persisted applied index.
+        let mut wo = WriteOptions::default();
+        wo.set_sync(false);
+        self.store.db.write_opt(batch, &wo).map_err(storage)?;
+        self.revs = revs;
+        self.alarms = alarms;
+        self.store.publish(revs);
+        Ok(resp)
+    }
+
+    fn apply_command(
+        &self,
+        ctx: &mut TxnCtx,
+        cmd: &Command,
+        alarms: &mut BTreeSet<(u64, i32)>,
+        compacted: &mut i64,
+    ) -> Result<Response, ApplyError> {
+        let no_space = alarms.iter().any(|(_, a)| *a == ALARM_NOSPACE);
+        let header = |rev| Some(epb::ResponseHeader { revision: rev, ..Default::default() });
+        match cmd {
+            Command::Put(req) => {
+                if no_space {
+                    return Err(ApplyError::NoSpace);
+                }
+                self.check_put(ctx, req)?;
+                let mut resp = self.put(ctx, req)?;
+                resp.header = header(ctx.rev);
+                Ok(Response::Put(resp))
+            }
+            Command::DeleteRange(req) => {
+                let mut resp = self.delete_range(ctx, req)?;
+                resp.header = header(if ctx.sub > 0 { ctx.rev } else { self.revs.current });
+                Ok(Response::DeleteRange(resp))
+            }
+            Command::Txn(req) => {
+                if no_space && txn_writes(req) {
+                    return Err(ApplyError::NoSpace);
+                }
+                let mut resp = self.txn(ctx, req)?;
+                resp.header = header(if ctx.sub > 0 { ctx.rev } else { self.revs.current });
+                Ok(Response::Txn(resp))
+            }
+            Command::Compact { revision } => {
+                self.compact(ctx, *revision)?;
+                *compacted = *revision;
+                Ok(Response::Done { revision: self.revs.current })
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if no_space {
+                    return Err(ApplyError::NoSpace);
+                }
+                let lease_cf = cf(&self.store.db, CF_LEASE);
+                if self.store.db.get_cf(lease_cf, keys::lease_key(*id)).map_err(storage)?.is_some() {
+                    return Err(ApplyError::LeaseExists);
+                }
+                let rec = LeaseRecord { ttl: *ttl };
+                ctx.batch.put_cf(lease_cf, keys::lease_key(*id), bincode::serialize(&rec).expect("lease serializes"));
+                Ok(Response::LeaseGrant { id: *id, ttl: *ttl, revision: self.revs.current })
+            }
+            Command::LeaseRevoke { id } => {
+                let lease_cf = cf(&self.store.db, CF_LEASE);
+                if self.store.db.get_cf(lease_cf, keys::lease_key(*id)).map_err(storage)?.is_none() {
+                    return Err(ApplyError::LeaseNotFound);
+                }
+                for key in lease_keys(&self.store.db, *id)? {
+                    self.delete_range(ctx, &epb::DeleteRangeRequest { key, ..Default::default() })?;
+                }
+                ctx.batch.delete_cf(lease_cf, keys::lease_key(*id));
+                let from = keys::lease_key(*id);
+                let to = keys::lease_key(id.wrapping_add(1));
+                if *id != i64::MAX {
+                    ctx.batch.delete_range_cf(cf(&self.store.db, CF_LEASE_KEYS), from, to);
+                }
+                Ok(Response::Done { revision: if ctx.sub > 0 { ctx.rev } else { self.revs.current } })
+            }
+            Command::PublishMember { id, name, api_addr } => {
+                let mut k = META_MEMBER.to_vec();
+                k.extend_from_slice(&id.to_be_bytes());
+                let attr = MemberAttr { name: name.clone(), api_addr: api_addr.clone() };
+                ctx.batch.put_cf(cf(&self.store.db, CF_META), k, bincode::serialize(&attr).expect("member serializes"));
+                Ok(Response::Done { revision: self.revs.current })
+            }
+            Command::Alarm { member, alarm, activate } => {
+                let k = alarm_key(*member, *alarm);
+                if *activate {
+                    alarms.insert((*member, *alarm));
+                    ctx.batch.put_cf(cf(&self.store.db, CF_META), k, []);
+                } else {
+                    alarms.remove(&(*member, *alarm));
+                    ctx.batch.delete_cf(cf(&self.store.db, CF_META), k);
+                }
+                Ok(Response::Done { revision: self.revs.current })
+            }
+        }
+    }
+
+    fn get(&self, ctx: &TxnCtx, key: &[u8]) -> Result<Option<KeyValue>, ApplyError> {
+        if let Some(v) = ctx.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        match self.store.db.get_cf(cf(&self.store.db, CF_KV), key).map_err(storage)? {
+            Some(v) => Ok(Some(decode_kv(&v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Current versions in a range, with the transaction's own writes laid over them.
+    fn range_current(&self, ctx: &TxnCtx, start: &[u8], end: &[u8]) -> Result<Vec<KeyValue>, ApplyError> {
+        if end.is_empty() {
+            return Ok(self.get(ctx, start)?.into_iter().collect());
+        }
+        let mut found = BTreeMap::new();
+        scan_current(&self.store.db, ReadOptions::default(), start, end, |kv| {
+            found.insert(kv.key.clone(), kv);
+            true
+        })?;
+        for (k, v) in &ctx.overlay {
+            if keys::in_range(k, start, end) {
+                match v {
+                    Some(kv) => found.insert(k.clone(), kv.clone()),
+                    None => found.remove(k),
+                };
+            }
+        }
+        Ok(found.into_values().collect())
+    }
+
+    fn check_put(&self, ctx: &TxnCtx, req: &epb::PutRequest) -> Result<(), ApplyError> {
+        if (req.ignore_value || req.ignore_lease) && self.get(ctx, &req.key)?.is_none() {
+            return Err(ApplyError::KeyNotFound);
+        }
+        if req.lease != 0 && !req.ignore_lease && self.store.lease(req.lease)?.is_none() {
+            return Err(ApplyError::LeaseNotFound);
+        }
+        Ok(())
+    }
+
+    fn put(&self, ctx: &mut TxnCtx, req: &epb::PutRequest) -> Result<epb::PutResponse, ApplyError> {
+        let db = &self.store.db;
+        let prev = self.get(ctx, &req.key)?;
+        let rev = ctx.rev;
+        let kv = KeyValue {
+            key: req.key.clone(),
+            create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
+            mod_revision: rev,
+            version: prev.as_ref().map_or(1, |p| p.version + 1),
+            value: match (&prev, req.ignore_value) {
+                (Some(p), true) => p.value.clone(),
+                _ => req.value.clone(),
+            },
+            lease: match (&prev, req.ignore_lease) {
+                (Some(p), true) => p.lease,
+                _ => req.lease,
+            },
+        };
+        if let Some(p) = &prev {
+            if p.lease != 0 && p.lease != kv.lease {
+                ctx.batch.delete_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(p.lease, &kv.key));
+            }
+        }
+        if kv.lease != 0 {
+            ctx.batch.put_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(kv.lease, &kv.key), []);
+        }
+        ctx.batch.put_cf(cf(db, CF_KV), &kv.key, kv.encode_to_vec());
+        ctx.batch.put_cf(cf(db, CF_HIST), keys::hist_key(&kv.key, rev), encode_hist(&kv, true));
+        let event = Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None };
+        ctx.batch.put_cf(cf(db, CF_REVS), keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+        ctx.sub += 1;
+        ctx.overlay.insert(kv.key.clone(), Some(kv));
+        Ok(epb::PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    fn delete_range(
+        &self,
+        ctx: &mut TxnCtx,
+        req: &epb::DeleteRangeRequest,
+    ) -> Result<epb::DeleteRangeResponse, ApplyError> {
+        let db = &self.store.db;
+        let victims = self.range_current(ctx, &req.key, &req.range_end)?;
+        let rev = ctx.rev;
+        for prev in &victims {
+            let tomb = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
+            if prev.lease != 0 {
+                ctx.batch.delete_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(prev.lease, &prev.key));
+            }
+            ctx.batch.delete_cf(cf(db, CF_KV), &prev.key);
+            ctx.batch.put_cf(cf(db, CF_HIST), keys::hist_key(&prev.key, rev), encode_hist(&tomb, false));
+            let event = Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: None };
+            ctx.batch.put_cf(cf(db, CF_REVS), keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+            ctx.sub += 1;
+            ctx.overlay.insert(prev.key.clone(), None);
+        }
+        Ok(epb::DeleteRangeResponse {
+            header: None,
+            deleted: victims.len() as i64,
+            prev_kvs: if req.prev_kv { victims } else { Vec::new() },
+        })
+    }
+
+    fn compare(&self, ctx: &TxnCtx, c: &epb::Compare) -> Result<bool, ApplyError> {
+        let kvs = self.range_current(ctx, &c.key, &c.range_end)?;
+        let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        if kvs.is_empty() {
+            if target == CompareTarget::Value {
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, target, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, target, kv)))
+    }
+
+    /// Checks a branch's puts before anything is written, so that a transaction applies whole
+    /// or not at all.
+    fn check_ops(&self, ctx: &TxnCtx, ops: &[epb::RequestOp]) -> Result<(), ApplyError> {
+        for op in ops {
+            match &op.request {
+                Some(OpRequest::RequestPut(p)) => self.check_put(ctx, p)?,
+                Some(OpRequest::RequestTxn(t)) => {
+                    let ok =
+                        t.compare.iter().try_fold(true, |acc, c| Ok::<_, ApplyError>(acc && self.compare(ctx, c)?))?;
+                    self.check_ops(ctx, if ok { &t.success } else { &t.failure })?;
+                }
+                Some(OpRequest::RequestRange(r)) => {
+                    if r.revision > 0 && r.revision < self.revs.compacted {
+                        return Err(ApplyError::Compacted);
+                    }
+                    if r.revision > self.revs.current {
+                        return Err(ApplyError::FutureRevision);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn txn(&self, ctx: &mut TxnCtx, req: &epb::TxnRequest) -> Result<epb::TxnResponse, ApplyError> {
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare(ctx, c)? {
+                succeeded = false;
+                break;
+            }
+        }
+        let ops = if succeeded { &req.success } else { &req.failure };
+        self.check_ops(ctx, ops)?;
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(OpRequest::RequestRange(r)) => {
+                    let resp = if r.revision > 0 && r.revision < self.revs.current {
+                        let mut past = self.store.range(r)?;
+                        past.header = None;
+                        past
+                    } else {
+                        let kvs: Vec<KeyValue> = self
+                            .range_current(ctx, &r.key, &r.range_end)?
+                            .into_iter()
+                            .filter(|kv| passes_filters(kv, r))
+                            .collect();
+                        let mut resp = finish_range(kvs, r, 0);
+                        resp.header = None;
+                        resp
+                    };
+                    OpResponse::ResponseRange(resp)
+                }
+                Some(OpRequest::RequestPut(p)) => OpResponse::ResponsePut(self.put(ctx, p)?),
+                Some(OpRequest::RequestDeleteRange(d)) => OpResponse::ResponseDeleteRange(self.delete_range(ctx, d)?),
+                Some(OpRequest::RequestTxn(t)) => OpResponse::ResponseTxn(self.txn(ctx, t)?),
+                None => continue,
+            };
+            responses.push(epb::ResponseOp { response: Some(resp) });
+        }
+        Ok(epb::TxnResponse { header: None, succeeded, responses })
+    }
+
+    /// Drops history below `rev`: every version older than the newest one at or below `rev`,
+    /// and that one too when it is a tombstone; events below `rev`.
+    fn compact(&self, ctx: &mut TxnCtx, rev: i64) -> Result<(), ApplyError> {
+        if rev <= self.revs.compacted {
+            return Err(ApplyError::Compacted);
+        }
+        if rev > self.revs.current {
+            return Err(ApplyError::FutureRevision);
+        }
+        let db = &self.store.db;
+        let hist_cf = cf(db, CF_HIST);
+        let mut group: Option<Vec<u8>> = None;
+        // The newest version at or below `rev` seen so far in the group: (hist key, live).
+        let mut keep: Option<(Vec<u8>, bool)> = None;
+        let finish = |keep: &mut Option<(Vec<u8>, bool)>, batch: &mut WriteBatch| {
+            if let Some((k, false)) = keep.take() {
+                batch.delete_cf(hist_cf, k);
+            }
+        };
+        for item in db.iterator_cf(hist_cf, IteratorMode::Start) {
+            let (k, v) = item.map_err(storage)?;
+            let Some((gk, r)) = keys::split_hist(&k) else { continue };
+            if group.as_deref() != Some(gk) {
+                finish(&mut keep, &mut ctx.batch);
+                group = Some(gk.to_vec());
+            }
+            if r <= rev {
+                if let Some((older, _)) = keep.take() {
+                    ctx.batch.delete_cf(hist_cf, older);
+                }
+                keep = Some((k.to_vec(), v.first() == Some(&1)));
+            }
+        }
+        finish(&mut keep, &mut ctx.batch);
+        ctx.batch.delete_range_cf(cf(db, CF_REVS), keys::rev_key(0, 0), keys::rev_key(rev, 0));
+        Ok(())
+    }
+}
+
+fn txn_writes(req: &epb::TxnRequest) -> bool {
+    req.success.iter().chain(&req.failure).any(|op| match &op.request {
+        Some(OpRequest::RequestPut(_)) => true,
+        Some(OpRequest::RequestTxn(t)) => txn_writes(t),
+        _ => false,
+    })
+}
+
+fn compare_kv(c: &epb::Compare, target: CompareTarget, kv: &KeyValue) -> bool {
+    let ord = match target {
+        CompareTarget::Value => {
+            let want: &[u8] = match &c.target_union {
+                Some(TargetUnion::Value(v)) => v,
+                _ => &[],
+            };
+            kv.value.as_slice().cmp(want)
+        }
+        CompareTarget::Version => kv.version.cmp(&int_target(c)),
+        CompareTarget::Create => kv.create_revision.cmp(&int_target(c)),
+        CompareTarget::Mod => kv.mod_revision.cmp(&int_target(c)),
+        CompareTarget::Lease => kv.lease.cmp(&int_target(c)),
+    };
+    match CompareResult::try_from(c.result).unwrap_or(CompareResult::Equal) {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+    }
+}
+
+fn int_target(c: &epb::Compare) -> i64 {
+    match c.target_union {
+        Some(TargetUnion::Version(v))
+        | Some(TargetUnion::CreateRevision(v))
+        | Some(TargetUnion::ModRevision(v))
+        | Some(TargetUnion::Lease(v)) => v,
+        _ => 0,
+    }
+}
