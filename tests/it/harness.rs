@@ -1,0 +1,275 @@
+//! Fixtures: a cluster of `rkube server` processes on free loopback ports, in a temporary
+//! directory, killed (all of them) when the fixture drops, also when a test fails.
+
+#![allow(dead_code)] // each test area uses a different part of the fixture
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rkube::pb::etcdserverpb as epb;
+use rkube::pb::etcdserverpb::cluster_client::ClusterClient;
+use rkube::pb::etcdserverpb::kv_client::KvClient;
+use rkube::pb::etcdserverpb::lease_client::LeaseClient;
+use rkube::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use rkube::pb::etcdserverpb::watch_client::WatchClient;
+use tonic::transport::Channel;
+
+pub const RKUBE: &str = env!("CARGO_BIN_EXE_rkube");
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port").local_addr().unwrap().port()
+}
+
+pub struct Member {
+    pub id: u64,
+    pub api_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn api(&self) -> String {
+        format!("127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn peer(&self) -> String {
+        format!("127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// The member's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub extra: Vec<String>,
+}
+
+/// Starts an `rkube server` with the given arguments, logging to `log`.
+pub fn spawn_server(args: &[String], log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("opening the member log");
+    Command::new(RKUBE)
+        .arg("server")
+        .args(args)
+        .env("RKUBE_LOG", "info,openraft=warn")
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .expect("starting rkube server")
+}
+
+impl Cluster {
+    /// Starts `n` members that form one cluster, and waits for a leader.
+    pub async fn start(n: usize) -> Cluster {
+        Self::start_with(n, &[]).await
+    }
+
+    /// Like [`Cluster::start`], passing `extra` flags to every member.
+    pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let mut members: Vec<Member> = (1..=n as u64)
+            .map(|id| Member {
+                id,
+                api_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("m{id}")),
+                log: dir.path().join(format!("m{id}.log")),
+                args: vec![],
+                child: None,
+            })
+            .collect();
+        let initial: Vec<String> = members.iter().map(|m| format!("{}={}", m.id, m.peer())).collect();
+        let initial = initial.join(",");
+        for m in &mut members {
+            m.args = vec![
+                "--id".into(),
+                m.id.to_string(),
+                "--data-dir".into(),
+                m.data_dir.display().to_string(),
+                "--listen-api".into(),
+                m.api(),
+                "--listen-peer".into(),
+                m.peer(),
+                "--initial-cluster".into(),
+                initial.clone(),
+                "--heartbeat-interval".into(),
+                "50".into(),
+                "--election-timeout".into(),
+                "500".into(),
+            ];
+            m.args.extend(extra.iter().map(|s| s.to_string()));
+        }
+        let mut c = Cluster { dir, members, extra: extra.iter().map(|s| s.to_string()).collect() };
+        for i in 0..n {
+            c.restart(i);
+        }
+        c.wait_leader(Duration::from_secs(20)).await;
+        c
+    }
+
+    /// Starts member `i` again from its data dir (or for the first time).
+    pub fn restart(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.child = Some(spawn_server(&m.args, &m.log));
+    }
+
+    /// Kills member `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops member `i` with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members.iter().map(|m| m.api()).collect::<Vec<_>>().join(",")
+    }
+
+    pub async fn channel(&self, i: usize) -> Channel {
+        channel(&self.members[i].api()).await
+    }
+
+    pub async fn kv(&self, i: usize) -> KvClient<Channel> {
+        KvClient::new(self.channel(i).await)
+    }
+
+    pub async fn watch(&self, i: usize) -> WatchClient<Channel> {
+        WatchClient::new(self.channel(i).await)
+    }
+
+    pub async fn lease(&self, i: usize) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel(i).await)
+    }
+
+    pub async fn cluster(&self, i: usize) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(i).await)
+    }
+
+    pub async fn maintenance(&self, i: usize) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel(i).await)
+    }
+
+    /// The status of member `i`, if it answers.
+    pub async fn status(&self, i: usize) -> Option<epb::StatusResponse> {
+        let ch = try_channel(&self.members[i].api()).await?;
+        let mut c = MaintenanceClient::new(ch);
+        let fut = c.status(epb::StatusRequest {});
+        tokio::time::timeout(Duration::from_secs(2), fut).await.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until every running member names the same leader; returns its index.
+    pub async fn wait_leader(&mut self, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let mut leaders = Vec::new();
+            let mut running = 0;
+            for i in 0..self.members.len() {
+                if !self.members[i].is_running() {
+                    continue;
+                }
+                running += 1;
+                if let Some(s) = self.status(i).await {
+                    leaders.push(s.leader);
+                }
+            }
+            if running > 0 && leaders.len() == running && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                if let Some(i) = self.members.iter().position(|m| m.id == leaders[0]) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader within {limit:?}: saw {leaders:?}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every member's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                let text = m.log_text();
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                format!("--- member {} ---\n{}", m.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub async fn try_channel(addr: &str) -> Option<Channel> {
+    let ep =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_secs(2));
+    ep.connect().await.ok()
+}
+
+pub async fn channel(addr: &str) -> Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("a valid address").connect_lazy()
+}
+
+pub fn put(key: &str, value: &str) -> epb::PutRequest {
+    epb::PutRequest { key: key.into(), value: value.into(), ..Default::default() }
+}
+
+pub fn get(key: &str) -> epb::RangeRequest {
+    epb::RangeRequest { key: key.into(), ..Default::default() }
+}
+
+pub fn prefix(p: &str) -> epb::RangeRequest {
+    let mut end = p.as_bytes().to_vec();
+    *end.last_mut().expect("a non-empty prefix") += 1;
+    epb::RangeRequest { key: p.into(), range_end: end, ..Default::default() }
+}
+
+/// Runs a command to completion and returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Retries `f` until it returns Some or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
