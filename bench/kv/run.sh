@@ -1,0 +1,206 @@
+#!/usr/bin/env bash
+# Benchmarks rkube against etcd 3.4 with the same client (bench-kv) and the same workloads:
+# a 3-member cluster of each on loopback, one at a time. For each system it writes BENCH_KEYS
+# keys (fill), samples the members' RSS, runs linearizable and serializable ranges and puts at
+# every (clients, conns) pair of BENCH_PAIRS, samples RSS again, and stops the cluster. At the
+# end it prints both systems side by side with the ratios rkube/etcd (bench-kv report).
+#
+# Usage: bench/kv/run.sh            (scripts/deps.sh bench installs etcd-server and etcd-client)
+# Knobs (environment):
+#   BENCH_PAIRS               "clients:conns ..."         default "1:1 16:10 256:100 1000:100"
+#   BENCH_PUT_TOTAL_SINGLE    puts with 1 client          default 2000
+#   BENCH_PUT_TOTAL           puts with more clients      default 30000
+#   BENCH_RANGE_TOTAL_SINGLE  ranges with 1 client        default 5000
+#   BENCH_RANGE_TOTAL         ranges with more clients    default 50000
+#   BENCH_MAX_SECS            a run stops sending after this long even if its total is not
+#                             reached (the output shows how many were sent; not for fill)
+#                                                         default 20
+#   BENCH_KEYS                keys written by fill (also the range key space)   default 100000
+#   BENCH_FILL_PAIR           clients:conns of the fill   default 256:100
+#   BENCH_SYSTEMS             which systems, in order     default "rkube etcd"
+#   BENCH_TARGET_LEADER=1     send every request to the leader only (default: all members)
+#   BENCH_PORT_BASE           loopback ports used: base+1..3, +11..13, +101..103, +111..113
+#                                                         default 31000
+#   BENCH_RESULTS             directory for results.jsonl, report.md and logs   default bench/results
+#   BENCH_NO_BUILD=1          use the binaries already built
+#   BENCH_KEEP=1              keep the members' data directories
+#   ETCD, ETCDCTL             default /usr/bin/etcd, etcdctl from PATH
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$repo"
+
+pairs=${BENCH_PAIRS:-"1:1 16:10 256:100 1000:100"}
+put_total_single=${BENCH_PUT_TOTAL_SINGLE:-2000}
+put_total=${BENCH_PUT_TOTAL:-30000}
+range_total_single=${BENCH_RANGE_TOTAL_SINGLE:-5000}
+range_total=${BENCH_RANGE_TOTAL:-50000}
+max_secs=${BENCH_MAX_SECS:-20}
+keys=${BENCH_KEYS:-100000}
+fill_pair=${BENCH_FILL_PAIR:-256:100}
+systems=${BENCH_SYSTEMS:-"rkube etcd"}
+port_base=${BENCH_PORT_BASE:-31000}
+results=${BENCH_RESULTS:-$repo/bench/results}
+etcd_bin=${ETCD:-/usr/bin/etcd}
+etcdctl_bin=${ETCDCTL:-etcdctl}
+target_dir=${CARGO_TARGET_DIR:-target}
+case "$target_dir" in /*) ;; *) target_dir=$repo/$target_dir ;; esac
+bin=$target_dir/release
+leader_flag=()
+[ "${BENCH_TARGET_LEADER:-0}" = 1 ] && leader_flag=(--target-leader)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in "$etcdctl_bin"; do command -v "$tool" >/dev/null || die "$tool not found (scripts/deps.sh bench)"; done
+case " $systems " in *" etcd "*) [ -x "$etcd_bin" ] || die "$etcd_bin not found (scripts/deps.sh bench)" ;; esac
+
+if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
+  log "building rkube and bench-kv (release)"
+  cargo build --release --bin rkube --bin bench-kv
+fi
+[ -x "$bin/rkube" ] && [ -x "$bin/bench-kv" ] || die "binaries missing under $bin"
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/rkube-bench.XXXXXX")
+mkdir -p "$results"
+out=$results/results.jsonl
+: >"$out"
+pids=()
+
+# Stops the members that are running: TERM, up to 10 s to exit, then KILL.
+stop_members() {
+  local pid deadline
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  deadline=$((SECONDS + 10))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  pids=()
+}
+
+cleanup() {
+  stop_members
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "data kept in $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port() { echo $((port_base + $1)); }
+
+# Refuses to start when something already listens on a port the cluster needs.
+check_free() {
+  local p
+  for p in "$@"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is in use (set BENCH_PORT_BASE)"; fi
+  done
+}
+
+# Prints the comma-separated client endpoints of a system.
+endpoints() {
+  local off
+  case $1 in rkube) off=0 ;; etcd) off=100 ;; esac
+  echo "127.0.0.1:$(port $((off + 1))),127.0.0.1:$(port $((off + 2))),127.0.0.1:$(port $((off + 3)))"
+}
+
+start_rkube() {
+  local i cluster="1=127.0.0.1:$(port 11),2=127.0.0.1:$(port 12),3=127.0.0.1:$(port 13)"
+  check_free "$(port 1)" "$(port 2)" "$(port 3)" "$(port 11)" "$(port 12)" "$(port 13)"
+  for i in 1 2 3; do
+    "$bin/rkube" server --id "$i" --data-dir "$work/rkube$i" \
+      --listen-api "127.0.0.1:$(port "$i")" --listen-peer "127.0.0.1:$(port $((10 + i)))" \
+      --initial-cluster "$cluster" >"$results/rkube$i.log" 2>&1 &
+    pids+=($!)
+  done
+}
+
+start_etcd() {
+  local i cluster="e1=http://127.0.0.1:$(port 111),e2=http://127.0.0.1:$(port 112),e3=http://127.0.0.1:$(port 113)"
+  check_free "$(port 101)" "$(port 102)" "$(port 103)" "$(port 111)" "$(port 112)" "$(port 113)"
+  for i in 1 2 3; do
+    "$etcd_bin" --name "e$i" --data-dir "$work/etcd$i" \
+      --listen-client-urls "http://127.0.0.1:$(port $((100 + i)))" \
+      --advertise-client-urls "http://127.0.0.1:$(port $((100 + i)))" \
+      --listen-peer-urls "http://127.0.0.1:$(port $((110 + i)))" \
+      --initial-advertise-peer-urls "http://127.0.0.1:$(port $((110 + i)))" \
+      --initial-cluster "$cluster" --initial-cluster-state new \
+      --initial-cluster-token rkube-bench >"$results/etcd$i.log" 2>&1 &
+    pids+=($!)
+  done
+}
+
+# Waits (at most 60 s) until every member answers Maintenance.Status and names a leader.
+wait_ready() {
+  local sys=$1 eps=$2 status pid deadline=$((SECONDS + 60))
+  while [ $SECONDS -lt $deadline ]; do
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null || die "a $sys member exited during start-up; see $results/$sys*.log"
+    done
+    if status=$(ETCDCTL_API=3 "$etcdctl_bin" --endpoints="$eps" --command-timeout=2s -w json endpoint status 2>/dev/null) &&
+      [ "$(grep -o '"leader":[1-9][0-9]*' <<<"$status" | sort -u | wc -l)" -eq 1 ] &&
+      [ "$(grep -o '"leader":[1-9][0-9]*' <<<"$status" | wc -l)" -eq 3 ]; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  die "$sys cluster at $eps not ready after 60 s; see $results/$sys*.log"
+}
+
+# Appends one JSON line with the summed VmRSS and RssAnon of the running members.
+sample_rss() {
+  local sys=$1 phase=$2 pid rss=0 anon=0 v a
+  for pid in "${pids[@]}"; do
+    v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+    a=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
+    rss=$((rss + v))
+    anon=$((anon + a))
+  done
+  log "$sys RSS $phase: $((rss / 1024)) MiB (anonymous $((anon / 1024)) MiB), sum over ${#pids[@]} members"
+  printf '{"label":"%s","workload":"rss","phase":"%s","rss_kib":%d,"rss_anon_kib":%d}\n' \
+    "$sys" "$phase" "$rss" "$anon" >>"$out"
+}
+
+# Runs one bench-kv command; its JSON line goes to the results, a readable line to the log.
+bench() {
+  local sys=$1 line
+  shift
+  line=$("$bin/bench-kv" "$@" --endpoints "$(endpoints "$sys")" --label "$sys" --json "${leader_flag[@]}")
+  echo "$line" >>"$out"
+  log "$line"
+}
+
+run_system() {
+  local sys=$1 eps pair clients conns t
+  eps=$(endpoints "$sys")
+  log "starting a 3-member $sys cluster at $eps"
+  "start_$sys"
+  wait_ready "$sys" "$eps"
+  log "$sys ready; writing $keys keys"
+  bench "$sys" fill --keys "$keys" --clients "${fill_pair%:*}" --conns "${fill_pair#*:}"
+  sample_rss "$sys" "after-fill-$keys-keys"
+  for mode in linearizable serializable; do
+    for pair in $pairs; do
+      clients=${pair%:*} conns=${pair#*:}
+      t=$range_total
+      [ "$clients" = 1 ] && t=$range_total_single
+      flag=()
+      [ $mode = serializable ] && flag=(--serializable)
+      bench "$sys" range "${flag[@]}" --key-space "$keys" --clients "$clients" --conns "$conns" --total "$t" \
+        --max-secs "$max_secs"
+    done
+  done
+  for pair in $pairs; do
+    clients=${pair%:*} conns=${pair#*:}
+    t=$put_total
+    [ "$clients" = 1 ] && t=$put_total_single
+    bench "$sys" put --key-space "$keys" --clients "$clients" --conns "$conns" --total "$t" --max-secs "$max_secs"
+  done
+  sample_rss "$sys" "after-all-runs"
+  stop_members
+}
+
+started=$SECONDS
+for sys in $systems; do run_system "$sys"; done
+"$bin/bench-kv" report "$out" | tee "$results/report.md"
+log "done in $((SECONDS - started)) s; results in $out, table in $results/report.md"
