@@ -437,3 +437,39 @@ fn map_write_err(e: WriteErr) -> ConsensusError {
         RaftError::Fatal(_) => ConsensusError::Stopped,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use openraft::testing::{StoreBuilder, Suite};
+    use openraft::StorageError;
+
+    use super::log_store::LogStore;
+    use super::state_machine::StateMachine;
+    use super::TypeConfig;
+    use crate::store::db::{self, Identity};
+    use crate::store::Store;
+
+    struct RocksBuilder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RocksBuilder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+            let dir = tempfile::tempdir().expect("creating a temporary directory");
+            let opened = db::open(&dir.path().join("data"), Identity { cluster_id: 1, member_id: 1 })
+                .expect("opening a fresh database");
+            let store = Store::new(opened.db).expect("reading a fresh store");
+            let log = LogStore::new(store.db().clone(), Arc::default());
+            let sm = StateMachine::new(store, dir.path().join("snapshots"))?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite, run against the real RocksDB log and state
+    /// machine.
+    #[test]
+    fn openraft_storage_suite_passes_on_rocksdb() {
+        let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("openraft=info").try_init();
+        Suite::test_all(RocksBuilder).expect("openraft storage suite");
+    }
+}

@@ -187,7 +187,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn purge(&mut self, log_id: LogId<u64>) -> StorageResult<()> {
         let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_RAFT), PURGED, bincode::serialize(&Some(log_id)).map_err(write_err)?);
+        batch.put_cf(cf(&self.db, CF_RAFT), PURGED, bincode::serialize(&log_id).map_err(write_err)?);
         batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
         self.db.write(batch).map_err(write_err)
     }

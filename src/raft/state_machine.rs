@@ -4,7 +4,7 @@
 //! The applied log id and membership are written in the same RocksDB batch as the data they
 //! describe. A snapshot file is `[u32 meta length][bincode SnapshotMeta][store dump]`.
 
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -109,6 +109,24 @@ fn read_meta(r: &mut impl Read) -> StorageResult<SnapshotMeta<u64, Member>> {
     bincode::deserialize(&buf).map_err(snap_err)
 }
 
+/// Writes `src` (a snapshot file) to `dst` with `meta` as its header, replacing `dst`
+/// atomically, and removes `src`.
+fn rewrite_meta(src: &Path, dst: &Path, meta: &SnapshotMeta<u64, Member>) -> StorageResult<()> {
+    let mut r = std::io::BufReader::new(std::fs::File::open(src).map_err(snap_err)?);
+    let _ = read_meta(&mut r)?;
+    let tmp = dst.with_extension("tmp");
+    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(sm_err)?);
+    let meta_bytes = bincode::serialize(meta).map_err(sm_err)?;
+    w.write_all(&(meta_bytes.len() as u32).to_be_bytes()).map_err(sm_err)?;
+    w.write_all(&meta_bytes).map_err(sm_err)?;
+    std::io::copy(&mut r, &mut w).map_err(sm_err)?;
+    let f = w.into_inner().map_err(sm_err)?;
+    f.sync_all().map_err(sm_err)?;
+    std::fs::rename(&tmp, dst).map_err(sm_err)?;
+    std::fs::remove_file(src).map_err(sm_err)?;
+    Ok(())
+}
+
 /// Opens the current snapshot file, if there is one.
 pub fn open_current(dir: &Path) -> StorageResult<Option<(SnapshotMeta<u64, Member>, std::fs::File)>> {
     let path = dir.join(CURRENT);
@@ -184,13 +202,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &SnapshotMeta<u64, Member>,
         snapshot: Box<tokio::fs::File>,
     ) -> StorageResult<()> {
-        let path = self.incoming.take().ok_or_else(|| sm_err("install_snapshot without a received snapshot"))?;
-        let file = snapshot.into_std().await;
-        file.sync_all().map_err(sm_err)?;
-        drop(file);
+        let mut received = snapshot.into_std().await;
+        let incoming = self.incoming.take();
         let (db, dir, meta2) = (self.db.clone(), self.dir.clone(), meta.clone());
         tokio::task::spawn_blocking(move || -> StorageResult<()> {
-            let mut f = std::io::BufReader::new(std::fs::File::open(&path).map_err(snap_err)?);
+            // Keep a copy of what was received as the current snapshot, so that this member
+            // can send it on; then restore from that copy.
+            let installing = dir.join("installing.snap");
+            received.seek(SeekFrom::Start(0)).map_err(snap_err)?;
+            let mut copy = std::fs::File::create(&installing).map_err(sm_err)?;
+            std::io::copy(&mut received, &mut copy).map_err(sm_err)?;
+            copy.sync_all().map_err(sm_err)?;
+            drop(copy);
+            let mut f = std::io::BufReader::new(std::fs::File::open(&installing).map_err(snap_err)?);
             let _sent_meta = read_meta(&mut f)?;
             snapshot::restore(&db, f).map_err(sm_err)?;
             // The dump carries the sender's applied id and membership; make them match the
@@ -202,7 +226,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(true);
             db.write_opt(batch, &wo).map_err(sm_err)?;
-            std::fs::rename(&path, dir.join(CURRENT)).map_err(sm_err)?;
+            rewrite_meta(&installing, &dir.join(CURRENT), &meta2)?;
+            if let Some(p) = incoming {
+                let _ = std::fs::remove_file(p);
+            }
             Ok(())
         })
         .await

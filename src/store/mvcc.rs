@@ -874,3 +874,197 @@ fn int_target(c: &epb::Compare) -> i64 {
         _ => 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::{self, Identity};
+
+    fn fresh() -> (tempfile::TempDir, Arc<Store>, Applier) {
+        let dir = tempfile::tempdir().expect("creating a temporary directory");
+        let opened = db::open(&dir.path().join("d"), Identity { cluster_id: 1, member_id: 1 }).expect("opening");
+        let store = Store::new(opened.db).expect("store");
+        let applier = Applier::new(store.clone()).expect("applier");
+        (dir, store, applier)
+    }
+
+    fn put(a: &mut Applier, k: &str, v: &str) -> Response {
+        let req = epb::PutRequest { key: k.into(), value: v.into(), prev_kv: true, ..Default::default() };
+        a.apply(Some(&Command::Put(req)), &[]).expect("apply")
+    }
+
+    fn del(a: &mut Applier, k: &str, end: &str) -> Response {
+        let req = epb::DeleteRangeRequest { key: k.into(), range_end: end.into(), prev_kv: true };
+        a.apply(Some(&Command::DeleteRange(req)), &[]).expect("apply")
+    }
+
+    fn range(s: &Store, k: &str, end: &str, rev: i64) -> Result<Vec<(String, String, i64, i64, i64)>, ApplyError> {
+        let req = epb::RangeRequest { key: k.into(), range_end: end.into(), revision: rev, ..Default::default() };
+        Ok(s.range(&req)?
+            .kvs
+            .into_iter()
+            .map(|kv| {
+                let key = String::from_utf8(kv.key).unwrap();
+                (key, String::from_utf8(kv.value).unwrap(), kv.create_revision, kv.mod_revision, kv.version)
+            })
+            .collect())
+    }
+
+    #[test]
+    fn writes_bump_revisions_and_versions_like_etcd() {
+        let (_d, s, mut a) = fresh();
+        assert_eq!(s.revisions().current, 1, "an empty store is at revision 1, as etcd");
+        put(&mut a, "a", "1");
+        put(&mut a, "a", "2");
+        put(&mut a, "b", "x");
+        assert_eq!(range(&s, "a", "", 0).unwrap(), vec![("a".into(), "2".into(), 2, 3, 2)]);
+        assert_eq!(range(&s, "a", "", 2).unwrap(), vec![("a".into(), "1".into(), 2, 2, 1)]);
+        assert_eq!(range(&s, "a", "c", 3).unwrap().len(), 1, "b did not exist at revision 3");
+        match del(&mut a, "a", "\0") {
+            Response::DeleteRange(r) => {
+                assert_eq!(r.deleted, 2);
+                assert_eq!(r.header.unwrap().revision, 5, "one revision for the whole delete");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(range(&s, "a", "\0", 0).unwrap().is_empty());
+        assert_eq!(range(&s, "a", "\0", 4).unwrap().len(), 2);
+        // A delete that matches nothing writes nothing.
+        del(&mut a, "zzz", "");
+        assert_eq!(s.revisions().current, 5);
+        // A key created again starts a new life.
+        put(&mut a, "a", "3");
+        assert_eq!(range(&s, "a", "", 0).unwrap(), vec![("a".into(), "3".into(), 6, 6, 1)]);
+        assert_eq!(range(&s, "a", "", 7).unwrap_err(), ApplyError::FutureRevision);
+    }
+
+    #[test]
+    fn transactions_compare_and_see_their_own_writes() {
+        let (_d, s, mut a) = fresh();
+        put(&mut a, "k", "v1");
+        let cmp = |target: CompareTarget, result: CompareResult, tu: TargetUnion| epb::Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b"k".to_vec(),
+            target_union: Some(tu),
+            range_end: vec![],
+        };
+        let op_put = |k: &str, v: &str| epb::RequestOp {
+            request: Some(OpRequest::RequestPut(epb::PutRequest {
+                key: k.into(),
+                value: v.into(),
+                ..Default::default()
+            })),
+        };
+        let op_get = |k: &str| epb::RequestOp {
+            request: Some(OpRequest::RequestRange(epb::RangeRequest { key: k.into(), ..Default::default() })),
+        };
+        let txn = epb::TxnRequest {
+            compare: vec![cmp(CompareTarget::Value, CompareResult::Equal, TargetUnion::Value(b"v1".to_vec()))],
+            success: vec![op_put("k", "v2"), op_get("k")],
+            failure: vec![op_put("other", "x")],
+        };
+        let Response::Txn(r) = a.apply(Some(&Command::Txn(txn.clone())), &[]).unwrap() else { panic!() };
+        assert!(r.succeeded);
+        let Some(OpResponse::ResponseRange(got)) = &r.responses[1].response else { panic!() };
+        assert_eq!(got.kvs[0].value, b"v2", "a read in a transaction sees the transaction's own write");
+        // The same compare now fails: the failure branch runs.
+        let Response::Txn(r) = a.apply(Some(&Command::Txn(txn)), &[]).unwrap() else { panic!() };
+        assert!(!r.succeeded);
+        assert_eq!(range(&s, "other", "", 0).unwrap().len(), 1);
+        // A missing key has version 0 and never equals a value.
+        let missing = epb::Compare {
+            key: b"nope".to_vec(),
+            ..cmp(CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))
+        };
+        assert!(a
+            .compare(&TxnCtx { rev: 0, sub: 0, overlay: BTreeMap::new(), batch: WriteBatch::default() }, &missing)
+            .unwrap());
+        // A put with an unknown lease fails whole and writes nothing.
+        let before = s.revisions().current;
+        let bad = epb::TxnRequest {
+            success: vec![
+                op_put("x", "1"),
+                epb::RequestOp {
+                    request: Some(OpRequest::RequestPut(epb::PutRequest {
+                        key: b"y".to_vec(),
+                        lease: 99,
+                        ..Default::default()
+                    })),
+                },
+            ],
+            ..Default::default()
+        };
+        assert!(matches!(a.apply(Some(&Command::Txn(bad)), &[]).unwrap(), Response::Error(ApplyError::LeaseNotFound)));
+        assert_eq!(s.revisions().current, before);
+        assert!(range(&s, "x", "", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn compaction_drops_history_but_keeps_the_compacted_revision_readable() {
+        let (_d, s, mut a) = fresh();
+        put(&mut a, "a", "1"); // 2
+        put(&mut a, "a", "2"); // 3
+        put(&mut a, "b", "1"); // 4
+        del(&mut a, "b", ""); // 5
+        put(&mut a, "a", "3"); // 6
+        assert!(matches!(a.apply(Some(&Command::Compact { revision: 5 }), &[]).unwrap(), Response::Done { .. }));
+        assert_eq!(range(&s, "a", "", 4).unwrap_err(), ApplyError::Compacted);
+        assert_eq!(range(&s, "a", "\0", 5).unwrap(), vec![("a".into(), "2".into(), 2, 3, 2)]);
+        assert_eq!(range(&s, "a", "", 0).unwrap()[0].1, "3");
+        assert_eq!(s.events(4, 100).unwrap_err(), ApplyError::Compacted);
+        let (events, _) = s.events(5, 100).unwrap();
+        assert_eq!(events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), vec![5, 6]);
+        assert!(matches!(
+            a.apply(Some(&Command::Compact { revision: 5 }), &[]).unwrap(),
+            Response::Error(ApplyError::Compacted)
+        ));
+        // Only the newest version at or below the compaction point survives.
+        let hist = s.db.iterator_cf(cf(&s.db, CF_HIST), IteratorMode::Start).count();
+        assert_eq!(hist, 2, "a@3 and a@6 remain; b's tombstone and older versions are gone");
+    }
+
+    #[test]
+    fn revoking_a_lease_deletes_its_keys_in_one_revision() {
+        let (_d, s, mut a) = fresh();
+        a.apply(Some(&Command::LeaseGrant { id: 7, ttl: 10 }), &[]).unwrap();
+        for k in ["l1", "l2"] {
+            let req = epb::PutRequest { key: k.into(), value: b"v".to_vec(), lease: 7, ..Default::default() };
+            a.apply(Some(&Command::Put(req)), &[]).unwrap();
+        }
+        put(&mut a, "free", "v");
+        assert_eq!(s.lease_keys(7).unwrap(), vec![b"l1".to_vec(), b"l2".to_vec()]);
+        let before = s.revisions().current;
+        a.apply(Some(&Command::LeaseRevoke { id: 7 }), &[]).unwrap();
+        assert_eq!(s.revisions().current, before + 1);
+        assert_eq!(range(&s, "a", "z", 0).unwrap().len(), 1);
+        assert!(s.lease(7).unwrap().is_none());
+        assert!(matches!(
+            a.apply(Some(&Command::LeaseRevoke { id: 7 }), &[]).unwrap(),
+            Response::Error(ApplyError::LeaseNotFound)
+        ));
+    }
+
+    #[test]
+    fn snapshot_restore_replaces_the_state_atomically() {
+        let (_d, s, mut a) = fresh();
+        put(&mut a, "a", "1");
+        put(&mut a, "b", "2");
+        let snap = s.db.snapshot();
+        let bytes = crate::store::snapshot::dump(&s.db, &snap, Vec::new()).unwrap();
+        drop(snap);
+        let (_d2, s2, mut a2) = fresh();
+        put(&mut a2, "zzz", "gone after restore");
+        // A damaged snapshot is refused and changes nothing.
+        let mut bad = bytes.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0xFF;
+        assert!(crate::store::snapshot::restore(&s2.db, bad.as_slice()).is_err());
+        assert_eq!(range(&s2, "zzz", "", 0).unwrap().len(), 1);
+        crate::store::snapshot::restore(&s2.db, bytes.as_slice()).unwrap();
+        a2.reload().unwrap();
+        assert_eq!(range(&s2, "a", "\0", 0).unwrap().len(), 2);
+        assert!(range(&s2, "zzz", "", 0).unwrap().is_empty());
+        assert_eq!(s2.revisions(), s.revisions());
+    }
+}
