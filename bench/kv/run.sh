@@ -18,7 +18,9 @@
 #   BENCH_KEYS                keys written by fill (also the range key space)   default 100000
 #   BENCH_FILL_PAIR           clients:conns of the fill   default 256:100
 #   BENCH_SYSTEMS             which systems, in order     default "rkube etcd"
-#   BENCH_TARGET_LEADER=1     send every request to the leader only (default: all members)
+#   BENCH_TARGET_LEADER=1     send every request to the leader only (default: all members;
+#                             a single-client put to the leader alone is run in addition, to
+#                             show the cost of a follower forwarding to the leader)
 #   BENCH_PORT_BASE           loopback ports used: base+1..3, +11..13, +101..103, +111..113
 #                                                         default 31000
 #   BENCH_RESULTS             directory for results.jsonl, report.md and logs   default bench/results
@@ -62,6 +64,9 @@ fi
 [ -x "$bin/rkube" ] && [ -x "$bin/bench-kv" ] || die "binaries missing under $bin"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/rkube-bench.XXXXXX")
+# Private copies: a build running meanwhile must not swap the binaries under the benchmark.
+cp "$bin/rkube" "$bin/bench-kv" "$work/"
+bin=$work
 mkdir -p "$results"
 out=$results/results.jsonl
 : >"$out"
@@ -173,7 +178,8 @@ bench() {
 run_system() {
   local sys=$1 eps pair clients conns t
   eps=$(endpoints "$sys")
-  log "starting a 3-member $sys cluster at $eps"
+  # Anything else busy on the machine skews the figures; the load average shows it.
+  log "starting a 3-member $sys cluster at $eps (load average $(cut -d' ' -f1-3 /proc/loadavg))"
   "start_$sys"
   wait_ready "$sys" "$eps"
   log "$sys ready; writing $keys keys"
@@ -196,7 +202,12 @@ run_system() {
     [ "$clients" = 1 ] && t=$put_total_single
     bench "$sys" put --key-space "$keys" --clients "$clients" --conns "$conns" --total "$t" --max-secs "$max_secs"
   done
+  if [ ${#leader_flag[@]} -eq 0 ]; then
+    bench "$sys" put --target-leader --key-space "$keys" --clients 1 --conns 1 --total "$put_total_single" \
+      --max-secs "$max_secs"
+  fi
   sample_rss "$sys" "after-all-runs"
+  log "$sys done (load average $(cut -d' ' -f1-3 /proc/loadavg))"
   stop_members
 }
 
