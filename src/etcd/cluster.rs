@@ -50,8 +50,11 @@ fn peer_addr(urls: &[String]) -> Result<String, Status> {
 }
 
 impl ClusterService {
+    /// Runs a membership change on the leader, then waits until this member has it too, so
+    /// that the member list in the reply shows the change.
     async fn leader(&self, req: LeaderRequest) -> Result<(), Status> {
-        self.api.node.on_leader(req).await.map(|_| ()).map_err(|e| status_of(&e))
+        self.api.node.on_leader(req).await.map_err(|e| status_of(&e))?;
+        self.api.node.read_barrier().await.map_err(|e| status_of(&e))
     }
 }
 

@@ -28,6 +28,17 @@ impl MaintenanceService {
     }
 }
 
+/// Pads a snapshot to a multiple of 512 bytes and appends the SHA-256 of everything before it,
+/// as etcd's snapshot stream ends: `etcdctl snapshot save` refuses a stream whose length is not
+/// 32 past a multiple of 512 ("sha256 checksum not found").
+fn with_checksum(mut blob: Vec<u8>) -> Vec<u8> {
+    use sha2::Digest;
+    blob.resize(blob.len().next_multiple_of(512), 0);
+    let sum = sha2::Sha256::digest(&blob);
+    blob.extend_from_slice(&sum);
+    blob
+}
+
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<epb::SnapshotResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -128,7 +139,7 @@ impl Maintenance for MaintenanceService {
         let store = self.api.store.clone();
         let blob = tokio::task::spawn_blocking(move || {
             let snap = store.db().snapshot();
-            snapshot::dump(store.db(), &snap, Vec::new())
+            snapshot::dump(store.db(), &snap, Vec::new()).map(with_checksum)
         })
         .await
         .map_err(|_| Status::internal("etcdserver: snapshot task failed"))?

@@ -1,1 +1,263 @@
-//! (cases to come)
+//! A three-member cluster under member loss: elections, forwarding, durability of
+//! acknowledged writes across kill -9, catch-up by log and by snapshot, membership changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rkube::pb::etcdserverpb as epb;
+use tokio::sync::Mutex;
+
+use crate::harness::*;
+
+/// Index of some member that is not the leader.
+fn follower_of(leader: usize, n: usize) -> usize {
+    (leader + 1) % n
+}
+
+async fn serializable_count(c: &Cluster, i: usize, p: &str) -> Option<i64> {
+    let mut kv = c.kv(i).await;
+    let req = epb::RangeRequest { serializable: true, count_only: true, ..prefix(p) };
+    kv.range(req).await.ok().map(|r| r.into_inner().count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_members_elect_one_leader_and_any_member_serves_writes_and_reads() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let f1 = follower_of(leader, 3);
+    let f2 = follower_of(f1, 3);
+    assert_ne!(f2, leader);
+
+    // A put sent to a follower is forwarded to the leader and acknowledged with its revision.
+    let resp = c.kv(f1).await.put(put("through-follower", "v1")).await.expect("put via follower").into_inner();
+    let rev = resp.header.expect("header").revision;
+    assert!(rev > 1);
+    // A linearizable read on the other follower sees it at once.
+    let got = c.kv(f2).await.range(get("through-follower")).await.expect("linearizable read").into_inner();
+    assert_eq!(got.kvs.len(), 1);
+    assert_eq!(got.kvs[0].value, b"v1");
+    assert_eq!(got.kvs[0].mod_revision, rev);
+    // All three report the same leader and, once applied, the same revision.
+    for i in 0..3 {
+        let s = c.status(i).await.expect("status");
+        assert_eq!(s.leader, c.members[leader].id);
+        let h = eventually(Duration::from_secs(5), "follower applies the write", || async {
+            let r =
+                c.kv(i).await.range(epb::RangeRequest { serializable: true, ..get("through-follower") }).await.ok()?;
+            (r.get_ref().kvs.len() == 1).then_some(r.into_inner().header.unwrap().revision)
+        })
+        .await;
+        assert!(h >= rev);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_loses_no_acknowledged_write_and_it_rejoins() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let endpoints: Vec<String> = c.members.iter().map(|m| m.api()).collect();
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let (acked, stop, endpoints) = (acked.clone(), stop.clone(), endpoints.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.is_cancelled() && n < 2000 {
+                // Spread writes over all members; a write to the killed member simply fails.
+                let ep = &endpoints[(w + n) % endpoints.len()];
+                let key = format!("k/{w}/{n}");
+                let value = format!("v{n}");
+                let mut kv = rkube::pb::etcdserverpb::kv_client::KvClient::new(channel(ep).await);
+                let fut = kv.put(put(&key, &value));
+                if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), fut).await {
+                    acked.lock().await.insert(key, value);
+                }
+                n += 1;
+            }
+        }));
+    }
+    // Let writes flow, then kill the leader in the middle of them.
+    eventually(Duration::from_secs(20), "300 acknowledged writes", || async {
+        (acked.lock().await.len() >= 300).then_some(())
+    })
+    .await;
+    c.kill(leader);
+    let before_kill = acked.lock().await.len();
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    // Writes continue under the new leader.
+    eventually(Duration::from_secs(20), "writes after the failover", || async {
+        (acked.lock().await.len() >= before_kill + 300).then_some(())
+    })
+    .await;
+    stop.cancel();
+    for w in writers {
+        w.await.expect("writer task");
+    }
+    let acked = acked.lock().await.clone();
+    // Every acknowledged write is readable, linearizably, from a survivor.
+    let survivor = follower_of(leader, 3);
+    let all = c.kv(survivor).await.range(prefix("k/")).await.expect("read back").into_inner();
+    let stored: BTreeMap<String, String> = all
+        .kvs
+        .into_iter()
+        .map(|kv| (String::from_utf8(kv.key).unwrap(), String::from_utf8(kv.value).unwrap()))
+        .collect();
+    for (k, v) in &acked {
+        assert_eq!(stored.get(k), Some(v), "acknowledged write {k}={v} is missing after the leader was killed");
+    }
+    // The killed member restarts from its data dir and catches up.
+    c.restart(leader);
+    let want = stored.len() as i64;
+    eventually(Duration::from_secs(30), "the restarted member to catch up", || async {
+        (serializable_count(&c, leader, "k/").await? == want).then_some(())
+    })
+    .await;
+    c.wait_leader(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_down_during_20k_writes_catches_up_through_a_snapshot() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count", "2000"]).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let down = follower_of(leader, 3);
+    c.kill(down);
+    let live: Vec<String> = (0..3).filter(|i| *i != down).map(|i| c.members[i].api()).collect();
+    let mut tasks = Vec::new();
+    for w in 0..32usize {
+        let ep = live[w % live.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut kv = rkube::pb::etcdserverpb::kv_client::KvClient::new(channel(&ep).await);
+            for n in 0..625 {
+                let key = format!("bulk/{w:02}/{n:04}");
+                kv.put(put(&key, "0123456789abcdef")).await.expect("put while a member is down");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    assert_eq!(serializable_count(&c, leader, "bulk/").await, Some(20_000));
+    c.restart(down);
+    eventually(Duration::from_secs(60), "the lagging member to hold all 20000 keys", || async {
+        (serializable_count(&c, down, "bulk/").await? == 20_000).then_some(())
+    })
+    .await;
+    assert!(
+        c.members[down].log_text().contains("installed snapshot"),
+        "the lagging member should have caught up through a snapshot:\n{}",
+        c.members[down].log_text()
+    );
+    // It then follows the log like any member.
+    c.kv(leader).await.put(put("bulk/after", "x")).await.expect("put");
+    eventually(Duration::from_secs(10), "the caught-up member to apply new writes", || async {
+        (serializable_count(&c, down, "bulk/").await? == 20_001).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_are_added_as_learners_promoted_and_removed() {
+    let mut c = Cluster::start(3).await;
+    c.kv(0).await.put(put("before-join", "x")).await.expect("put");
+    // Add a learner through a member's Cluster API, as `etcdctl member add --learner` does.
+    let peer_port = free_port();
+    let api_port = free_port();
+    let added = c
+        .cluster(1)
+        .await
+        .member_add(epb::MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{peer_port}")],
+            is_learner: true,
+        })
+        .await
+        .expect("member add")
+        .into_inner();
+    let new_id = added.member.expect("the new member").id;
+    assert_eq!(new_id, 4);
+    assert!(added.members.iter().any(|m| m.id == 4 && m.is_learner));
+    // A second add with the same peer URL is refused.
+    let dup = c
+        .cluster(0)
+        .await
+        .member_add(epb::MemberAddRequest {
+            peer_ur_ls: vec![format!("http://127.0.0.1:{peer_port}")],
+            is_learner: true,
+        })
+        .await
+        .expect_err("duplicate peer URL");
+    assert_eq!(dup.message(), "etcdserver: Peer URLs already exists");
+
+    // Start the new member; it joins an existing cluster rather than forming one.
+    let mut initial: Vec<String> = c.members.iter().map(|m| format!("{}={}", m.id, m.peer())).collect();
+    initial.push(format!("4=127.0.0.1:{peer_port}"));
+    let data_dir = c.dir.path().join("m4");
+    let log = c.dir.path().join("m4.log");
+    let args: Vec<String> = [
+        "--id",
+        "4",
+        "--data-dir",
+        &data_dir.display().to_string(),
+        "--listen-api",
+        &format!("127.0.0.1:{api_port}"),
+        "--listen-peer",
+        &format!("127.0.0.1:{peer_port}"),
+        "--initial-cluster",
+        &initial.join(","),
+        "--initial-cluster-state",
+        "existing",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut child = spawn_server(&args, &log);
+    let guard = scopeguard(move || {
+        let _ = child.kill();
+        let _ = child.wait();
+    });
+    let api = format!("127.0.0.1:{api_port}");
+    eventually(Duration::from_secs(20), "the learner to replicate existing data", || async {
+        let mut kv = rkube::pb::etcdserverpb::kv_client::KvClient::new(try_channel(&api).await?);
+        let r = kv.range(epb::RangeRequest { serializable: true, ..get("before-join") }).await.ok()?;
+        (r.get_ref().kvs.len() == 1).then_some(())
+    })
+    .await;
+    // Promote it to a voter once it is in sync.
+    let promoted = eventually(Duration::from_secs(20), "promotion", || async {
+        c.cluster(0).await.member_promote(epb::MemberPromoteRequest { id: 4 }).await.ok()
+    })
+    .await
+    .into_inner();
+    assert!(promoted.members.iter().any(|m| m.id == 4 && !m.is_learner));
+    let list = c.cluster(2).await.member_list(epb::MemberListRequest::default()).await.expect("list").into_inner();
+    assert_eq!(list.members.iter().filter(|m| !m.is_learner).count(), 4);
+    // Promoting a voter is refused.
+    let again =
+        c.cluster(0).await.member_promote(epb::MemberPromoteRequest { id: 4 }).await.expect_err("not a learner");
+    assert_eq!(again.message(), "etcdserver: can only promote a learner member");
+
+    // Remove it again; the cluster keeps working with three.
+    let removed =
+        c.cluster(0).await.member_remove(epb::MemberRemoveRequest { id: 4 }).await.expect("remove").into_inner();
+    assert_eq!(removed.members.len(), 3);
+    assert!(removed.members.iter().all(|m| m.id != 4));
+    let missing = c.cluster(0).await.member_remove(epb::MemberRemoveRequest { id: 4 }).await.expect_err("gone");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    c.kv(1).await.put(put("after-remove", "x")).await.expect("put after remove");
+    drop(guard);
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct G<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for G<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    G(Some(f))
+}

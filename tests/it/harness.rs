@@ -193,8 +193,11 @@ impl Cluster {
                 }
             }
             if running > 0 && leaders.len() == running && leaders[0] != 0 && leaders.iter().all(|l| *l == leaders[0]) {
+                // A leader that was just killed is still named until the others time out.
                 if let Some(i) = self.members.iter().position(|m| m.id == leaders[0]) {
-                    return i;
+                    if self.members[i].is_running() {
+                        return i;
+                    }
                 }
             }
             assert!(Instant::now() < deadline, "no agreed leader within {limit:?}: saw {leaders:?}\n{}", self.logs());
