@@ -112,11 +112,29 @@ pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
         }
         std::fs::create_dir_all(&db_dir).map_err(unreadable)?;
     }
+    let corrupt = |reason: String| OpenError::Corrupt { path: data_dir.to_path_buf(), reason };
+    if exists {
+        // Check whose database this is before opening it for writing: a read-write open
+        // flushes the WAL into new files and rewrites the MANIFEST, which would change another
+        // member's data dir even though start-up then refuses it.
+        let (opts, cfs) = options();
+        let db = DB::open_cf_descriptors_read_only(&opts, &db_dir, cfs, false).map_err(|e| corrupt(e.into_string()))?;
+        let raft_cf = db.cf_handle(CF_RAFT).expect("column family opened");
+        if let Some(bytes) = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))? {
+            let found: Identity = bincode::deserialize(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
+            if found.member_id != wanted.member_id {
+                return Err(OpenError::OtherMember {
+                    path: data_dir.to_path_buf(),
+                    found: found.member_id,
+                    found_cluster: found.cluster_id,
+                    expected: wanted.member_id,
+                });
+            }
+        }
+    }
     let (mut opts, cfs) = options();
     opts.create_if_missing(!exists);
-    let db = DB::open_cf_descriptors(&opts, &db_dir, cfs)
-        .map_err(|e| OpenError::Corrupt { path: data_dir.to_path_buf(), reason: e.into_string() })?;
-    let corrupt = |reason: String| OpenError::Corrupt { path: data_dir.to_path_buf(), reason };
+    let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| corrupt(e.into_string()))?;
     let raft_cf = db.cf_handle(CF_RAFT).expect("column family created at open");
     let stored = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))?;
     let identity = match stored {
