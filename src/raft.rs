@@ -11,18 +11,17 @@ mod network;
 mod service;
 mod state_machine;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Config, Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
-use crate::pb::raft::raft_peer_client::RaftPeerClient;
 use crate::pb::raft::RaftBody;
 use crate::store::{Command, Response, Store};
 pub use lessor::Lessor;
@@ -140,8 +139,20 @@ pub struct RaftNode {
     raft: Raft<TypeConfig>,
     store: Arc<Store>,
     lessor: Lessor,
-    peers: parking_lot::Mutex<HashMap<String, RaftPeerClient<Channel>>>,
+    channels: network::PeerChannels,
     stats: Arc<SyncStats>,
+    reads: ReadIndexBatch,
+}
+
+type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<u64, ConsensusError>>>;
+
+/// Coalesces concurrent read-index requests into rounds. A caller joins the round that has not
+/// started yet (or starts one), so the index it gets was confirmed after it asked: what makes
+/// the read linearizable. One round runs at a time.
+#[derive(Default)]
+struct ReadIndexBatch {
+    next: parking_lot::Mutex<Option<SharedRead>>,
+    running: tokio::sync::Mutex<()>,
 }
 
 type WriteErr = RaftError<u64, ClientWriteError<u64, Member>>;
@@ -173,8 +184,9 @@ impl RaftNode {
         let log = log_store::LogStore::new(store.db().clone(), stats.clone());
         let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone())
             .map_err(|e| stop(e.to_string()))?;
-        let raft =
-            Raft::new(opts.id, Arc::new(config), network::Network, log, sm).await.map_err(|e| stop(e.to_string()))?;
+        let channels = network::PeerChannels::default();
+        let net = network::Network { channels: channels.clone() };
+        let raft = Raft::new(opts.id, Arc::new(config), net, log, sm).await.map_err(|e| stop(e.to_string()))?;
         if opts.bootstrap && !raft.is_initialized().await.map_err(|e| stop(e.to_string()))? {
             let members: BTreeMap<u64, Member> =
                 opts.initial_cluster.iter().map(|(id, addr)| (*id, Member { peer_addr: addr.clone() })).collect();
@@ -187,8 +199,9 @@ impl RaftNode {
             raft,
             store: store.clone(),
             lessor: Lessor::default(),
-            peers: parking_lot::Mutex::new(HashMap::new()),
+            channels,
             stats,
+            reads: ReadIndexBatch::default(),
         });
         tokio::spawn(lessor::run_expiry(node.clone(), shutdown));
         Ok(node)
@@ -268,19 +281,7 @@ impl RaftNode {
 
     async fn forward(&self, addr: &str, req: &LeaderRequest) -> Result<LeaderReply, ConsensusError> {
         let fail = |reason: String| ConsensusError::Forward { addr: addr.to_string(), reason };
-        let mut client = {
-            let mut peers = self.peers.lock();
-            match peers.get(addr) {
-                Some(c) => c.clone(),
-                None => {
-                    let ch = network::peer_channel(addr).map_err(|e| fail(e.to_string()))?;
-                    let c =
-                        RaftPeerClient::new(ch).max_decoding_message_size(64 << 20).max_encoding_message_size(64 << 20);
-                    peers.insert(addr.to_string(), c.clone());
-                    c
-                }
-            }
-        };
+        let mut client = self.channels.client(addr).map_err(|e| fail(e.to_string()))?;
         let body = bincode::serialize(req).map_err(|e| fail(e.to_string()))?;
         let resp = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }))
             .await
@@ -403,14 +404,39 @@ impl RaftNode {
         }
     }
 
+    /// The leader's read index, confirmed with a quorum after this call began. Concurrent
+    /// callers share rounds.
+    pub async fn read_index(self: &Arc<Self>) -> Result<u64, ConsensusError> {
+        let round = {
+            let mut next = self.reads.next.lock();
+            match &*next {
+                Some(round) => round.clone(),
+                None => {
+                    let node = self.clone();
+                    let round = async move {
+                        let _one_at_a_time = node.reads.running.lock().await;
+                        // From here on the round has started: later callers need the next one.
+                        node.reads.next.lock().take();
+                        match node.on_leader(LeaderRequest::ReadIndex).await? {
+                            LeaderReply::ReadIndex(i) => Ok(i),
+                            other => Err(ConsensusError::Storage(format!("unexpected reply to read index: {other:?}"))),
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *next = Some(round.clone());
+                    round
+                }
+            }
+        };
+        round.await
+    }
+
     /// Waits until this member has applied everything committed when the call began, as
     /// confirmed by the leader with a quorum (read index). After it, local reads are
     /// linearizable.
-    pub async fn read_barrier(&self) -> Result<(), ConsensusError> {
-        let index = match self.on_leader(LeaderRequest::ReadIndex).await? {
-            LeaderReply::ReadIndex(i) => i,
-            other => return Err(ConsensusError::Storage(format!("unexpected reply to read index: {other:?}"))),
-        };
+    pub async fn read_barrier(self: &Arc<Self>) -> Result<(), ConsensusError> {
+        let index = self.read_index().await?;
         self.raft
             .wait(Some(Duration::from_secs(10)))
             .applied_index_at_least(Some(index), "read barrier")

@@ -1,6 +1,8 @@
 //! openraft's network: Raft RPCs to peers over gRPC on their `--listen-peer` address. The
 //! openraft request and reply travel bincode-encoded inside a `RaftBody`.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
@@ -18,7 +20,7 @@ use crate::pb::raft::raft_peer_client::RaftPeerClient;
 use crate::pb::raft::RaftBody;
 
 /// A lazily connected gRPC channel to a peer address.
-pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
@@ -27,15 +29,38 @@ pub fn peer_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
         .connect_lazy())
 }
 
-pub struct Network;
+/// One HTTP/2 connection per peer address, shared by replication, heartbeats, read-index
+/// rounds and forwarded requests (openraft asks for a new client for every heartbeat round;
+/// a connection each time would cost a TCP handshake per linearizable read).
+#[derive(Clone, Default)]
+pub struct PeerChannels {
+    channels: Arc<parking_lot::Mutex<HashMap<String, Channel>>>,
+}
+
+impl PeerChannels {
+    pub fn client(&self, addr: &str) -> Result<RaftPeerClient<Channel>, tonic::transport::Error> {
+        let mut map = self.channels.lock();
+        let ch = match map.get(addr) {
+            Some(ch) => ch.clone(),
+            None => {
+                let ch = peer_channel(addr)?;
+                map.insert(addr.to_string(), ch.clone());
+                ch
+            }
+        };
+        Ok(RaftPeerClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20))
+    }
+}
+
+pub struct Network {
+    pub channels: PeerChannels,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConn;
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
-        let client = peer_channel(&node.peer_addr).ok().map(|ch| {
-            RaftPeerClient::new(ch).max_decoding_message_size(256 << 20).max_encoding_message_size(256 << 20)
-        });
+        let client = self.channels.client(&node.peer_addr).ok();
         PeerConn { target, addr: node.peer_addr.clone(), client }
     }
 }

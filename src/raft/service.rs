@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tonic::{Request, Status};
 
-use super::{LeaderRequest, RaftNode};
+use super::{LeaderReply, LeaderRequest, RaftNode};
 use crate::pb::raft::raft_peer_server::RaftPeer;
 use crate::pb::raft::RaftBody;
 
@@ -49,6 +49,10 @@ impl RaftPeer for PeerService {
 
     async fn forward(&self, req: Request<RaftBody>) -> Result<tonic::Response<RaftBody>, Status> {
         let req: LeaderRequest = decode(req)?;
+        if let LeaderRequest::ReadIndex = req {
+            // Read-index requests from every follower share the leader's rounds too.
+            return encode(&self.node.read_index().await.map(LeaderReply::ReadIndex));
+        }
         encode(&self.node.handle_as_leader(req).await)
     }
 }
