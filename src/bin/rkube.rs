@@ -16,7 +16,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a master: Raft member, store and client API.
-    Server(rkube::server::ServerOpts),
+    Server(Box<rkube::server::ServerOpts>),
     /// Run everything on this machine in one process (today: a single-member store and its
     /// etcd-compatible API). Data persists in a per-user directory between runs.
     Dev(DevOpts),
@@ -73,7 +73,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (opts, dev) = match cli.command {
-        Command::Server(opts) => (opts, false),
+        Command::Server(opts) => (*opts, false),
         Command::Dev(dev) => match dev.into_server() {
             Ok(o) => (o, true),
             Err(e) => {

@@ -151,11 +151,8 @@ impl Maintenance for MaintenanceService {
             let mut sent = 0;
             for chunk in blob.chunks(SNAPSHOT_CHUNK) {
                 sent += chunk.len();
-                let resp = epb::SnapshotResponse {
-                    header: header.clone(),
-                    remaining_bytes: (total - sent) as u64,
-                    blob: chunk.to_vec(),
-                };
+                let resp =
+                    epb::SnapshotResponse { header, remaining_bytes: (total - sent) as u64, blob: chunk.to_vec() };
                 if tx.send(Ok(resp)).await.is_err() {
                     return;
                 }

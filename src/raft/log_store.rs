@@ -5,6 +5,10 @@
 //! takes every append waiting at that moment and covers them with a single `fsync` (group
 //! commit). The vote is synced before `save_vote` returns.
 
+// openraft's storage traits fix `StorageError` (large) as the error type; helpers return it too
+// rather than converting at every call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::sync::mpsc;

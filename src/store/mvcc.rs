@@ -898,7 +898,10 @@ mod tests {
         a.apply(Some(&Command::DeleteRange(req)), &[]).expect("apply")
     }
 
-    fn range(s: &Store, k: &str, end: &str, rev: i64) -> Result<Vec<(String, String, i64, i64, i64)>, ApplyError> {
+    /// (key, value, create_revision, mod_revision, version)
+    type Row = (String, String, i64, i64, i64);
+
+    fn range(s: &Store, k: &str, end: &str, rev: i64) -> Result<Vec<Row>, ApplyError> {
         let req = epb::RangeRequest { key: k.into(), range_end: end.into(), revision: rev, ..Default::default() };
         Ok(s.range(&req)?
             .kvs

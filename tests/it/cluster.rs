@@ -160,7 +160,7 @@ async fn a_member_down_during_20k_writes_catches_up_through_a_snapshot() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_are_added_as_learners_promoted_and_removed() {
-    let mut c = Cluster::start(3).await;
+    let c = Cluster::start(3).await;
     c.kv(0).await.put(put("before-join", "x")).await.expect("put");
     // Add a learner through a member's Cluster API, as `etcdctl member add --learner` does.
     let peer_port = free_port();
