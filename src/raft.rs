@@ -215,10 +215,10 @@ impl RaftNode {
         &self.lessor
     }
 
-    /// (WAL syncs, log appends acknowledged) since start: appends per sync is the group commit.
-    pub fn sync_stats(&self) -> (u64, u64) {
+    /// (WAL syncs, log appends, log entries) since start: entries per sync is the group commit.
+    pub fn sync_stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
-        (self.stats.syncs.load(Relaxed), self.stats.appends.load(Relaxed))
+        (self.stats.syncs.load(Relaxed), self.stats.appends.load(Relaxed), self.stats.entries.load(Relaxed))
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -446,6 +446,14 @@ impl RaftNode {
     }
 
     pub async fn shutdown(&self) {
+        let (syncs, appends, entries) = self.sync_stats();
+        tracing::info!(
+            syncs,
+            appends,
+            entries,
+            entries_per_sync = format!("{:.2}", entries as f64 / syncs.max(1) as f64),
+            "raft log group commit"
+        );
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }

@@ -44,17 +44,18 @@ fn write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
 pub struct SyncStats {
     pub syncs: std::sync::atomic::AtomicU64,
     pub appends: std::sync::atomic::AtomicU64,
+    pub entries: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: mpsc::Sender<LogFlushed<TypeConfig>>,
+    syncer: mpsc::Sender<(LogFlushed<TypeConfig>, u64)>,
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>, stats: Arc<SyncStats>) -> Self {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let (tx, rx) = mpsc::channel::<(LogFlushed<TypeConfig>, u64)>();
         let sync_db = db.clone();
         std::thread::Builder::new()
             .name("raft-log-sync".into())
@@ -79,7 +80,7 @@ impl LogStore {
 }
 
 /// Waits for appends, then syncs the WAL once for all of them and acknowledges them together.
-fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: Arc<SyncStats>) {
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<(LogFlushed<TypeConfig>, u64)>, stats: Arc<SyncStats>) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
@@ -87,7 +88,8 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<LogFlushed<TypeConfig>>, stats: Arc
         let result = db.flush_wal(true).map_err(std::io::Error::other);
         stats.syncs.fetch_add(1, Relaxed);
         stats.appends.fetch_add(waiting.len() as u64, Relaxed);
-        for cb in waiting {
+        stats.entries.fetch_add(waiting.iter().map(|(_, n)| n).sum(), Relaxed);
+        for (cb, _) in waiting {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
@@ -170,7 +172,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = WriteBatch::default();
         let log_cf = cf(&self.db, CF_LOG);
+        let mut count = 0;
         for entry in entries {
+            count += 1;
             let bytes = bincode::serialize(&entry).map_err(write_err)?;
             batch.put_cf(log_cf, entry.log_id.index.to_be_bytes(), bytes);
         }
@@ -179,7 +183,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.write_opt(batch, &wo).map_err(write_err)?;
         // Durable only once the sync thread has synced the WAL; until then openraft does not
         // count these entries as persisted.
-        self.syncer.send(callback).map_err(|_| write_err(std::io::Error::other("log sync thread stopped")))?;
+        self.syncer.send((callback, count)).map_err(|_| write_err(std::io::Error::other("log sync thread stopped")))?;
         Ok(())
     }
 
