@@ -37,3 +37,14 @@ bench-kv:
 
 clean:
 	$(CARGO) clean
+
+# Local Docker images (docker/). `make images` builds the release binaries in the shared cargo
+# cache (where RocksDB is already compiled) and the local image rkube:dev FROM scratch.
+RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
+
+.PHONY: images
+
+images: deps
+	@docker/deps.sh
+	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(CARGO) build $(PROFILE) --bins
+	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) docker/build-image.sh
