@@ -38,13 +38,21 @@ bench-kv:
 clean:
 	$(CARGO) clean
 
-# Local Docker images (docker/). `make images` builds the release binaries in the shared cargo
-# cache (where RocksDB is already compiled) and the local image rkube:dev FROM scratch.
+# The docker-compose cluster (docker/, docker-compose.yml; see README). `make images` builds the
+# release binaries in the shared cargo cache (where RocksDB is already compiled) and the local
+# image rkube:dev FROM scratch; `make cluster` starts three masters and waits for a leader.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
-.PHONY: images
+.PHONY: images cluster cluster-down
 
 images: deps
 	@docker/deps.sh
 	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(CARGO) build $(PROFILE) --bins
 	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) docker/build-image.sh
+
+cluster: images
+	docker/cluster.sh up
+
+cluster-down:
+	docker/cluster.sh down
+
