@@ -427,10 +427,10 @@ fn read_records(files: &[PathBuf]) -> anyhow::Result<Vec<Record>> {
             let value: serde_json::Value =
                 serde_json::from_str(line).with_context(|| format!("{}:{}: not JSON", f.display(), n + 1))?;
             let s = |k: &str| value.get(k).map(|v| v.to_string().trim_matches('"').to_string()).unwrap_or_default();
-            let key = if s("workload") == "rss" {
-                format!("rss {}", s("phase"))
-            } else {
-                format!("{} {} {}", s("workload"), s("clients"), s("conns"))
+            let key = match s("workload").as_str() {
+                "rss" => format!("rss {}", s("phase")),
+                "group-commit" => format!("group-commit {}", s("member")),
+                w => format!("{w} {} {}", s("clients"), s("conns")),
             };
             out.push(Record { label: s("label"), key, value });
         }
@@ -473,7 +473,7 @@ fn report(files: &[PathBuf], new: &str, base: &str) -> anyhow::Result<()> {
          | {new} p99 ms | {base} p99 ms | ratio | ok {new}/{base} | errors {new}/{base} |"
     );
     println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
-    for key in keys.iter().filter(|k| !k.starts_with("rss ")) {
+    for key in keys.iter().filter(|k| !k.starts_with("rss ") && !k.starts_with("group-commit ")) {
         let (a, b) = (find(new, key), find(base, key));
         let any = a.or(b).expect("every key comes from a record");
         let f = |v: Option<&serde_json::Value>, field: &str| v.and_then(|v| num(v, field));
@@ -514,6 +514,24 @@ fn report(files: &[PathBuf], new: &str, base: &str) -> anyhow::Result<()> {
                 cell(mib(a, "rss_anon_kib"), 1),
                 cell(mib(b, "rss_anon_kib"), 1),
             );
+        }
+    }
+
+    let commits: Vec<&Record> = records.iter().filter(|r| r.key.starts_with("group-commit ")).collect();
+    if !commits.is_empty() {
+        println!();
+        for label in [new, base] {
+            let per_member: Vec<String> = commits
+                .iter()
+                .filter(|r| r.label == label)
+                .filter_map(|r| Some(format!("{:.2}", num(&r.value, "entries")? / num(&r.value, "syncs")?.max(1.0))))
+                .collect();
+            if !per_member.is_empty() {
+                println!(
+                    "- {label}: Raft log entries per WAL fsync over the whole run, per member: {}",
+                    per_member.join(", ")
+                );
+            }
         }
     }
 

@@ -57,6 +57,11 @@ die() { log "error: $*"; exit 1; }
 for tool in "$etcdctl_bin"; do command -v "$tool" >/dev/null || die "$tool not found (scripts/deps.sh bench)"; done
 case " $systems " in *" etcd "*) [ -x "$etcd_bin" ] || die "$etcd_bin not found (scripts/deps.sh bench)" ;; esac
 
+# Which rkube is measured: the commit, and whether the sources differ from it.
+rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain -- src proto build.rs Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  rev="$rev with uncommitted changes in src/"
+fi
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   log "building rkube and bench-kv (release)"
   cargo build --release --bin rkube --bin bench-kv
@@ -166,6 +171,37 @@ sample_rss() {
     "$sys" "$phase" "$rss" "$anon" >>"$out"
 }
 
+# Appends each member's Raft log entries and WAL fsyncs over the whole run: rkube logs its
+# counts when it shuts down (call after stop_members); etcd counts WAL fsyncs on /metrics and
+# its entries are its Raft index (call before stop_members).
+group_commit() {
+  local sys=$1 i p syncs entries line
+  for i in 1 2 3; do
+    syncs="" entries=""
+    case $sys in
+      rkube)
+        line=$(grep -h "raft log group commit" "$results/rkube$i.log" | tail -1) || true
+        syncs=$(grep -o ' syncs=[0-9]*' <<<"$line" | cut -d= -f2) || true
+        entries=$(grep -o ' entries=[0-9]*' <<<"$line" | cut -d= -f2) || true
+        ;;
+      etcd)
+        p=$(port $((100 + i)))
+        syncs=$(curl -s --max-time 5 "http://127.0.0.1:$p/metrics" |
+          awk '$1 == "etcd_disk_wal_fsync_duration_seconds_count" {print $2}') || true
+        entries=$(ETCDCTL_API=3 "$etcdctl_bin" --endpoints="127.0.0.1:$p" -w json endpoint status |
+          grep -o '"raftIndex":[0-9]*' | cut -d: -f2) || true
+        ;;
+    esac
+    if [ -z "$syncs" ] || [ -z "$entries" ]; then
+      log "$sys member $i: no group-commit counts"
+      continue
+    fi
+    log "$sys member $i: $entries Raft log entries, $syncs WAL fsyncs"
+    printf '{"label":"%s","workload":"group-commit","member":%d,"syncs":%s,"entries":%s}\n' \
+      "$sys" "$i" "$syncs" "$entries" >>"$out"
+  done
+}
+
 # Runs one bench-kv command; its JSON line goes to the results, a readable line to the log.
 bench() {
   local sys=$1 line
@@ -208,10 +244,16 @@ run_system() {
   fi
   sample_rss "$sys" "after-all-runs"
   log "$sys done (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  if [ "$sys" = etcd ]; then group_commit "$sys"; fi
   stop_members
+  if [ "$sys" = rkube ]; then group_commit "$sys"; fi
 }
 
 started=$SECONDS
 for sys in $systems; do run_system "$sys"; done
-"$bin/bench-kv" report "$out" | tee "$results/report.md"
+{
+  echo "rkube $rev vs $("$etcd_bin" --version 2>/dev/null | head -1); $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo
+  "$bin/bench-kv" report "$out"
+} | tee "$results/report.md"
 log "done in $((SECONDS - started)) s; results in $out, table in $results/report.md"
