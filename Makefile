@@ -40,10 +40,11 @@ clean:
 
 # The docker-compose cluster (docker/, docker-compose.yml; see README). `make images` builds the
 # release binaries in the shared cargo cache (where RocksDB is already compiled) and the local
-# image rkube:dev FROM scratch; `make cluster` starts three masters and waits for a leader.
+# image rkube:dev FROM scratch; `make cluster` starts three masters and waits for a leader;
+# `make cluster-test` restarts them one at a time under writes and checks nothing was lost.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
-.PHONY: images cluster cluster-down
+.PHONY: images cluster cluster-down cluster-test
 
 images: deps
 	@docker/deps.sh
@@ -56,3 +57,6 @@ cluster: images
 cluster-down:
 	docker/cluster.sh down
 
+# The cluster is removed afterwards whether the check passed or not.
+cluster-test: images
+	docker/cluster.sh up && docker/rolling-restart.sh; status=$$?; docker/cluster.sh down; exit $$status
