@@ -29,10 +29,11 @@ pub use log_store::SyncStats;
 pub use service::PeerService;
 
 openraft::declare_raft_types!(
-    /// rkube's Raft types: the log carries store commands.
+    /// rkube's Raft types: each log entry carries a batch of store commands (concurrent writes
+    /// share an entry, and so a log sync).
     pub TypeConfig:
-        D = Command,
-        R = Response,
+        D = Vec<Command>,
+        R = Vec<Response>,
         NodeId = u64,
         Node = Member,
         SnapshotData = tokio::fs::File,
@@ -142,6 +143,57 @@ pub struct RaftNode {
     channels: network::PeerChannels,
     stats: Arc<SyncStats>,
     reads: ReadIndexBatch,
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+}
+
+type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Response, ConsensusError>>);
+
+/// Writes waiting to be proposed, at most.
+const PROPOSAL_QUEUE: usize = 4096;
+/// Commands in one log entry, at most.
+const MAX_BATCH: usize = 1024;
+/// Bytes of requests in one log entry, roughly, at most (a single larger request still goes).
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Log entries proposed and not yet applied, at most. openraft 0.9 syncs each append before it
+/// takes the next one, so writes that arrive meanwhile must wait here to share the next entry.
+const MAX_IN_FLIGHT: usize = 2;
+
+/// Gathers the writes that arrive while earlier entries are in flight into one log entry.
+async fn run_proposer(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.0.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.0.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let result = raft.client_write(cmds).await;
+            drop(slot);
+            match result {
+                Ok(resp) => {
+                    for (reply, r) in replies.into_iter().zip(resp.data) {
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Err(e) => {
+                    let e = map_write_err(e);
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
+    }
 }
 
 type SharedRead = futures::future::Shared<futures::future::BoxFuture<'static, Result<u64, ConsensusError>>>;
@@ -194,7 +246,10 @@ impl RaftNode {
                 tracing::info!(error = %e, "cluster already initialized");
             }
         }
+        let (proposals, proposal_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_proposer(raft.clone(), proposal_rx));
         let node = Arc::new(RaftNode {
+            proposals,
             id: opts.id,
             raft,
             store: store.clone(),
@@ -300,11 +355,13 @@ impl RaftNode {
                     Command::LeaseGrant { id, ttl } => Some((*id, *ttl)),
                     _ => None,
                 };
-                let resp = self.raft.client_write(cmd).await.map_err(map_write_err)?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.proposals.send((cmd, tx)).await.map_err(|_| ConsensusError::Stopped)?;
+                let resp = rx.await.map_err(|_| ConsensusError::Stopped)??;
                 if let Some((id, ttl)) = grant {
                     self.lessor.touch(id, ttl);
                 }
-                Ok(LeaderReply::Write(resp.data))
+                Ok(LeaderReply::Write(resp))
             }
             LeaderRequest::ReadIndex => {
                 let (read, _) = self.raft.get_read_log_id().await.map_err(|e| match e {

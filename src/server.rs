@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::etcd::{self, Api, ApiLimits};
@@ -344,7 +345,7 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming(peer_listener), shutdown.clone().cancelled_owned());
     let peer_task = tokio::spawn(peer_server);
 
     let api = Api::new(node.clone(), cluster_id, cfg.limits.clone());
@@ -371,6 +372,21 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         tracing::warn!(error = %e, "final WAL sync");
     }
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off. tonic applies its own `tcp_nodelay` only to
+/// listeners it binds itself; without this, small responses wait for delayed ACKs (~40 ms).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            if let Err(e) = stream.set_nodelay(true) {
+                tracing::debug!(error = %e, "setting TCP_NODELAY");
+            }
+        }
+        conn
+    })
 }
 
 async fn serve_api(api: Arc<Api>, listener: TcpListener, progress: Duration, shutdown: CancellationToken) {
@@ -401,7 +417,7 @@ async fn serve_api(api: Arc<Api>, listener: TcpListener, progress: Duration, shu
         .add_service(health_svc)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.cancelled_owned())
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "client API server stopped");

@@ -26,6 +26,8 @@ use crate::store::{snapshot, Applier, Response, Store};
 
 const APPLIED: &[u8] = b"raft/applied";
 const MEMBERSHIP: &[u8] = b"raft/membership";
+/// (log index, commands applied) of the entry being applied, written with each command.
+const PARTIAL: &[u8] = b"raft/partial";
 const CURRENT: &str = "current.snap";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
@@ -43,12 +45,20 @@ pub struct StateMachine {
     applier: Applier,
     dir: PathBuf,
     incoming: Option<PathBuf>,
+    /// How far into a log entry of several commands the state machine got.
+    partial: Option<(u64, usize)>,
 }
 
 impl StateMachine {
     pub fn new(store: Arc<Store>, snapshot_dir: PathBuf) -> Result<Self, StorageError<u64>> {
         std::fs::create_dir_all(&snapshot_dir).map_err(sm_err)?;
+        let meta = store.db().cf_handle(CF_META).expect("column family exists");
+        let partial = match store.db().get_cf(meta, PARTIAL).map_err(sm_err)? {
+            Some(b) => Some(bincode::deserialize(&b).map_err(sm_err)?),
+            None => None,
+        };
         Ok(StateMachine {
+            partial,
             db: store.db().clone(),
             applier: Applier::new(store).map_err(sm_err)?,
             dir: snapshot_dir,
@@ -165,7 +175,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         read_applied(&self.db, &rocksdb::ReadOptions::default())
     }
 
-    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Response>>
+    async fn apply<I>(&mut self, entries: I) -> StorageResult<Vec<Vec<Response>>>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -173,16 +183,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut out = Vec::new();
         for entry in entries {
             let applied = bincode::serialize(&Some(entry.log_id)).map_err(sm_err)?;
-            let resp = match &entry.payload {
-                EntryPayload::Blank => self.applier.apply(None, &[(APPLIED, applied)]),
-                EntryPayload::Normal(cmd) => self.applier.apply(Some(cmd), &[(APPLIED, applied)]),
+            let fail = |e: crate::store::ApplyError| StorageIOError::apply(entry.log_id, &e);
+            match &entry.payload {
+                EntryPayload::Blank => {
+                    self.applier.apply(None, &[(APPLIED, applied)]).map_err(fail)?;
+                    out.push(Vec::new());
+                }
+                EntryPayload::Normal(cmds) => {
+                    // Each command is its own write, with a marker of how far into the entry it
+                    // got; only the last also moves the applied log id. After a crash in the
+                    // middle of an entry, the entry is applied again and the marker skips what
+                    // was already written.
+                    let index = entry.log_id.index;
+                    let done = match self.partial {
+                        Some((i, n)) if i == index => n,
+                        _ => 0,
+                    };
+                    let mut responses = Vec::with_capacity(cmds.len());
+                    for (i, cmd) in cmds.iter().enumerate().skip(done) {
+                        let marker = bincode::serialize(&(index, i + 1)).map_err(sm_err)?;
+                        let resp = if i + 1 == cmds.len() {
+                            self.applier.apply(Some(cmd), &[(PARTIAL, marker), (APPLIED, applied.clone())])
+                        } else {
+                            self.applier.apply(Some(cmd), &[(PARTIAL, marker)])
+                        };
+                        responses.push(resp.map_err(fail)?);
+                        self.partial = Some((index, i + 1));
+                    }
+                    if cmds.is_empty() {
+                        self.applier.apply(None, &[(APPLIED, applied)]).map_err(fail)?;
+                    }
+                    out.push(responses);
+                }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
                     let m = bincode::serialize(&stored).map_err(sm_err)?;
-                    self.applier.apply(None, &[(APPLIED, applied), (MEMBERSHIP, m)])
+                    self.applier.apply(None, &[(APPLIED, applied), (MEMBERSHIP, m)]).map_err(fail)?;
+                    out.push(Vec::new());
                 }
-            };
-            out.push(resp.map_err(|e| StorageIOError::apply(entry.log_id, &e))?);
+            }
         }
         Ok(out)
     }
@@ -239,6 +278,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         .await
         .map_err(sm_err)??;
         self.applier.reload().map_err(sm_err)?;
+        self.partial = None;
         tracing::info!(log_index = meta.last_log_id.map(|l| l.index), "installed snapshot");
         Ok(())
     }

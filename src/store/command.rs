@@ -36,6 +36,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Roughly how many bytes the command takes, for bounding batches.
+    pub fn approx_size(&self) -> usize {
+        use prost::Message;
+        match self {
+            Command::Put(r) => r.key.len() + r.value.len() + 16,
+            Command::DeleteRange(r) => r.key.len() + r.range_end.len() + 8,
+            Command::Txn(r) => r.encoded_len(),
+            Command::PublishMember { name, api_addr, .. } => name.len() + api_addr.len() + 8,
+            _ => 16,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
     Put(epb::PutResponse),
