@@ -517,19 +517,31 @@ fn report(files: &[PathBuf], new: &str, base: &str) -> anyhow::Result<()> {
         }
     }
 
+    // A log entry may carry several client writes (rkube batches them), so the writes the
+    // benchmark made in the run are shown per fsync too.
     let commits: Vec<&Record> = records.iter().filter(|r| r.key.starts_with("group-commit ")).collect();
     if !commits.is_empty() {
         println!();
         for label in [new, base] {
-            let per_member: Vec<String> = commits
+            let writes: f64 = records
                 .iter()
-                .filter(|r| r.label == label)
-                .filter_map(|r| Some(format!("{:.2}", num(&r.value, "entries")? / num(&r.value, "syncs")?.max(1.0))))
-                .collect();
-            if !per_member.is_empty() {
+                .filter(|r| r.label == label && (r.key.starts_with("put") || r.key.starts_with("fill ")))
+                .filter_map(|r| num(&r.value, "ok"))
+                .sum();
+            let mine: Vec<&&Record> = commits.iter().filter(|r| r.label == label).collect();
+            let per_sync = |what: &dyn Fn(&Record) -> Option<f64>| -> String {
+                let each: Vec<String> = mine
+                    .iter()
+                    .filter_map(|r| Some(format!("{:.1}", what(r)? / num(&r.value, "syncs")?.max(1.0))))
+                    .collect();
+                each.join(", ")
+            };
+            if !mine.is_empty() {
                 println!(
-                    "- {label}: Raft log entries per WAL fsync over the whole run, per member: {}",
-                    per_member.join(", ")
+                    "- {label}, whole run, per member: Raft log entries per WAL fsync {}; client writes ({writes}) \
+                     per WAL fsync {}",
+                    per_sync(&|r| num(&r.value, "entries")),
+                    per_sync(&|_| Some(writes)),
                 );
             }
         }
