@@ -57,7 +57,7 @@ impl Api {
             cluster_id: self.cluster_id,
             member_id: self.node.id,
             revision,
-            raft_term: self.node.status().term,
+            raft_term: self.node.term(),
         })
     }
 

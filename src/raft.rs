@@ -80,17 +80,32 @@ pub enum ConsensusError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderRequest {
     Write(Command),
+    /// Writes gathered by a follower, forwarded together.
+    Writes(Vec<Command>),
     ReadIndex,
-    AddMember { id: u64, peer_addr: String, learner: bool },
-    PromoteMember { id: u64 },
-    RemoveMember { id: u64 },
-    LeaseKeepAlive { id: i64 },
-    LeaseTimeToLive { id: i64 },
+    AddMember {
+        id: u64,
+        peer_addr: String,
+        learner: bool,
+    },
+    PromoteMember {
+        id: u64,
+    },
+    RemoveMember {
+        id: u64,
+    },
+    LeaseKeepAlive {
+        id: i64,
+    },
+    LeaseTimeToLive {
+        id: i64,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
     Write(Response),
+    Writes(Vec<Result<Response, ConsensusError>>),
     ReadIndex(u64),
     Done,
     /// Remaining and granted TTL of a lease, in seconds.
@@ -144,6 +159,7 @@ pub struct RaftNode {
     stats: Arc<SyncStats>,
     reads: ReadIndexBatch,
     proposals: tokio::sync::mpsc::Sender<Proposal>,
+    forwards: tokio::sync::mpsc::Sender<Proposal>,
 }
 
 type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Response, ConsensusError>>);
@@ -248,8 +264,11 @@ impl RaftNode {
         }
         let (proposals, proposal_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
         tokio::spawn(run_proposer(raft.clone(), proposal_rx));
+        let (forwards, forward_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE);
+        tokio::spawn(run_forwarder(raft.clone(), channels.clone(), forward_rx));
         let node = Arc::new(RaftNode {
             proposals,
+            forwards,
             id: opts.id,
             raft,
             store: store.clone(),
@@ -274,6 +293,11 @@ impl RaftNode {
     pub fn sync_stats(&self) -> (u64, u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (self.stats.syncs.load(Relaxed), self.stats.appends.load(Relaxed), self.stats.entries.load(Relaxed))
+    }
+
+    /// The current Raft term, cheaply (for response headers).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -335,15 +359,7 @@ impl RaftNode {
     }
 
     async fn forward(&self, addr: &str, req: &LeaderRequest) -> Result<LeaderReply, ConsensusError> {
-        let fail = |reason: String| ConsensusError::Forward { addr: addr.to_string(), reason };
-        let mut client = self.channels.client(addr).map_err(|e| fail(e.to_string()))?;
-        let body = bincode::serialize(req).map_err(|e| fail(e.to_string()))?;
-        let resp = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }))
-            .await
-            .map_err(|_| ConsensusError::Timeout)?
-            .map_err(|s| fail(s.message().to_string()))?;
-        bincode::deserialize::<Result<LeaderReply, ConsensusError>>(&resp.into_inner().body)
-            .map_err(|e| fail(e.to_string()))?
+        forward_to(&self.channels, addr, req).await
     }
 
     /// Does leader-only work locally. Answers NoLeader when this member is not (or no longer)
@@ -362,6 +378,27 @@ impl RaftNode {
                     self.lessor.touch(id, ttl);
                 }
                 Ok(LeaderReply::Write(resp))
+            }
+            LeaderRequest::Writes(cmds) => {
+                let mut waiting = Vec::with_capacity(cmds.len());
+                for cmd in cmds {
+                    let grant = match &cmd {
+                        Command::LeaseGrant { id, ttl } => Some((*id, *ttl)),
+                        _ => None,
+                    };
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    self.proposals.send((cmd, tx)).await.map_err(|_| ConsensusError::Stopped)?;
+                    waiting.push((rx, grant));
+                }
+                let mut results = Vec::with_capacity(waiting.len());
+                for (rx, grant) in waiting {
+                    let r = rx.await.unwrap_or(Err(ConsensusError::Stopped));
+                    if let (Ok(_), Some((id, ttl))) = (&r, grant) {
+                        self.lessor.touch(id, ttl);
+                    }
+                    results.push(r);
+                }
+                Ok(LeaderReply::Writes(results))
             }
             LeaderRequest::ReadIndex => {
                 let (read, _) = self.raft.get_read_log_id().await.map_err(|e| match e {
@@ -453,11 +490,28 @@ impl RaftNode {
         }
     }
 
-    /// Proposes a command and returns what applying it answered.
+    /// Proposes a command and returns what applying it answered. On a follower, concurrent
+    /// writes travel to the leader together.
     pub async fn write(&self, cmd: Command) -> Result<Response, ConsensusError> {
-        match self.on_leader(LeaderRequest::Write(cmd)).await? {
-            LeaderReply::Write(r) => Ok(r),
-            other => Err(ConsensusError::Storage(format!("unexpected reply to a write: {other:?}"))),
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let (leader, _) = self.leader(Duration::from_secs(5)).await?;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let queue = if leader == self.id { &self.proposals } else { &self.forwards };
+            queue.send((cmd.clone(), tx)).await.map_err(|_| ConsensusError::Stopped)?;
+            match rx.await.unwrap_or(Err(ConsensusError::Stopped)) {
+                // Nothing was applied: the leader changed or could not be reached. Try the next.
+                Err(ConsensusError::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Ok(resp) => {
+                    if let (Command::LeaseGrant { id, ttl }, true) = (&cmd, leader == self.id) {
+                        self.lessor.touch(*id, *ttl);
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -518,6 +572,86 @@ impl RaftNode {
 
     pub(crate) fn raft(&self) -> &Raft<TypeConfig> {
         &self.raft
+    }
+}
+
+/// Sends leader-only work to the leader at `addr`.
+async fn forward_to(
+    channels: &network::PeerChannels,
+    addr: &str,
+    req: &LeaderRequest,
+) -> Result<LeaderReply, ConsensusError> {
+    let fail = |reason: String| ConsensusError::Forward { addr: addr.to_string(), reason };
+    let mut client = channels.client(addr).map_err(|e| fail(e.to_string()))?;
+    let body = bincode::serialize(req).map_err(|e| fail(e.to_string()))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }))
+        .await
+        .map_err(|_| ConsensusError::Timeout)?
+        .map_err(|s| {
+            // A leader that cannot be connected to received nothing: the request may safely go
+            // to whichever member leads next. Any other failure is ambiguous and is reported.
+            if s.code() == tonic::Code::Unavailable && s.message().contains("connect") {
+                ConsensusError::NoLeader
+            } else {
+                fail(s.message().to_string())
+            }
+        })?;
+    bincode::deserialize::<Result<LeaderReply, ConsensusError>>(&resp.into_inner().body)
+        .map_err(|e| fail(e.to_string()))?
+}
+
+/// Gathers writes made on a follower into one forwarded request per batch.
+async fn run_forwarder(
+    raft: Raft<TypeConfig>,
+    channels: network::PeerChannels,
+    mut rx: tokio::sync::mpsc::Receiver<Proposal>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT * 2));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let mut bytes = first.0.approx_size();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(p) => {
+                    bytes += p.0.approx_size();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let leader_addr = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.peer_addr.clone()))
+        };
+        let channels = channels.clone();
+        tokio::spawn(async move {
+            let result = match &leader_addr {
+                Some(addr) => forward_to(&channels, addr, &LeaderRequest::Writes(cmds)).await,
+                None => Err(ConsensusError::NoLeader),
+            };
+            drop(slot);
+            match result {
+                Ok(LeaderReply::Writes(results)) if results.len() == replies.len() => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(r);
+                    }
+                }
+                Ok(other) => {
+                    let e = ConsensusError::Storage(format!("unexpected reply to forwarded writes: {other:?}"));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        });
     }
 }
 

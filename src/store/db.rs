@@ -76,6 +76,8 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // Every family shares one WAL; the Raft log's synced appends also make the state machine's
     // earlier unsynced writes durable, because the WAL is one sequential file.
     db_opts.set_max_total_wal_size(256 << 20);
+    // All memtables together stay under this, whatever the number of column families.
+    db_opts.set_db_write_buffer_size(48 << 20);
 
     let cfs = ALL_CFS
         .iter()
@@ -83,7 +85,7 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
             let mut o = Options::default();
             o.set_block_based_table_factory(&block);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            o.set_write_buffer_size(if *name == CF_LOG { 32 << 20 } else { 16 << 20 });
+            o.set_write_buffer_size(if *name == CF_LOG { 16 << 20 } else { 8 << 20 });
             o.set_max_write_buffer_number(2);
             ColumnFamilyDescriptor::new(*name, o)
         })
