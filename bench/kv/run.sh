@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks rkube against etcd 3.4 with the same client (bench-kv) and the same workloads:
-# a 3-member cluster of each on loopback, one at a time. For each system it writes BENCH_KEYS
-# keys (fill), samples the members' RSS, runs linearizable and serializable ranges and puts at
-# every (clients, conns) pair of BENCH_PAIRS, samples RSS again, and stops the cluster. At the
-# end it prints both systems side by side with the ratios rkube/etcd (bench-kv report).
+# a 3-member cluster of each on loopback, both running. It writes BENCH_KEYS keys into each
+# (fill) and samples its members' RSS; then runs linearizable and serializable ranges and puts
+# at every (clients, conns) pair of BENCH_PAIRS, each on both systems in turn; samples RSS
+# again, stops everything, and prints both systems side by side with the ratios rkube/etcd
+# (bench-kv report).
 #
 # Usage: bench/kv/run.sh            (scripts/deps.sh bench installs etcd-server and etcd-client)
 # Knobs (environment):
@@ -75,23 +76,25 @@ bin=$work
 mkdir -p "$results"
 out=$results/results.jsonl
 : >"$out"
-pids=()
+# Member pids per system: "pid pid pid".
+declare -A members=()
 
-# Stops the members that are running: TERM, up to 10 s to exit, then KILL.
+# Stops the members of a system: TERM, up to 10 s to exit, then KILL.
 stop_members() {
-  local pid deadline
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  local sys=$1 pid deadline
+  for pid in ${members[$sys]:-}; do kill -TERM "$pid" 2>/dev/null || true; done
   deadline=$((SECONDS + 10))
-  for pid in "${pids[@]}"; do
+  for pid in ${members[$sys]:-}; do
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
   done
-  pids=()
+  unset "members[$sys]"
 }
 
 cleanup() {
-  stop_members
+  local sys
+  for sys in "${!members[@]}"; do stop_members "$sys"; done
   if [ "${BENCH_KEEP:-0}" = 1 ]; then log "data kept in $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -110,7 +113,7 @@ check_free() {
 # Prints the comma-separated client endpoints of a system.
 endpoints() {
   local off
-  case $1 in rkube) off=0 ;; etcd) off=100 ;; esac
+  case $1 in rkube) off=0 ;; etcd) off=100 ;; *) die "unknown system $1" ;; esac
   echo "127.0.0.1:$(port $((off + 1))),127.0.0.1:$(port $((off + 2))),127.0.0.1:$(port $((off + 3)))"
 }
 
@@ -121,7 +124,7 @@ start_rkube() {
     "$bin/rkube" server --id "$i" --data-dir "$work/rkube$i" \
       --listen-api "127.0.0.1:$(port "$i")" --listen-peer "127.0.0.1:$(port $((10 + i)))" \
       --initial-cluster "$cluster" >"$results/rkube$i.log" 2>&1 &
-    pids+=($!)
+    members[rkube]+="$! "
   done
 }
 
@@ -136,20 +139,22 @@ start_etcd() {
       --initial-advertise-peer-urls "http://127.0.0.1:$(port $((110 + i)))" \
       --initial-cluster "$cluster" --initial-cluster-state new \
       --initial-cluster-token rkube-bench >"$results/etcd$i.log" 2>&1 &
-    pids+=($!)
+    members[etcd]+="$! "
   done
 }
 
 # Waits (at most 60 s) until every member answers Maintenance.Status and names a leader.
 wait_ready() {
-  local sys=$1 eps=$2 status pid deadline=$((SECONDS + 60))
+  local sys=$1 eps status pid deadline=$((SECONDS + 60))
+  eps=$(endpoints "$sys")
   while [ $SECONDS -lt $deadline ]; do
-    for pid in "${pids[@]}"; do
+    for pid in ${members[$sys]}; do
       kill -0 "$pid" 2>/dev/null || die "a $sys member exited during start-up; see $results/$sys*.log"
     done
     if status=$(ETCDCTL_API=3 "$etcdctl_bin" --endpoints="$eps" --command-timeout=2s -w json endpoint status 2>/dev/null) &&
       [ "$(grep -o '"leader":[1-9][0-9]*' <<<"$status" | sort -u | wc -l)" -eq 1 ] &&
       [ "$(grep -o '"leader":[1-9][0-9]*' <<<"$status" | wc -l)" -eq 3 ]; then
+      log "$sys ready at $eps"
       return 0
     fi
     sleep 0.5
@@ -157,16 +162,16 @@ wait_ready() {
   die "$sys cluster at $eps not ready after 60 s; see $results/$sys*.log"
 }
 
-# Appends one JSON line with the summed VmRSS and RssAnon of the running members.
+# Appends one JSON line with the summed VmRSS and RssAnon of a system's members.
 sample_rss() {
   local sys=$1 phase=$2 pid rss=0 anon=0 v a
-  for pid in "${pids[@]}"; do
+  for pid in ${members[$sys]}; do
     v=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
     a=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
     rss=$((rss + v))
     anon=$((anon + a))
   done
-  log "$sys RSS $phase: $((rss / 1024)) MiB (anonymous $((anon / 1024)) MiB), sum over ${#pids[@]} members"
+  log "$sys RSS $phase: $((rss / 1024)) MiB (anonymous $((anon / 1024)) MiB), sum over 3 members"
   printf '{"label":"%s","workload":"rss","phase":"%s","rss_kib":%d,"rss_anon_kib":%d}\n' \
     "$sys" "$phase" "$rss" "$anon" >>"$out"
 }
@@ -202,55 +207,65 @@ group_commit() {
   done
 }
 
-# Runs one bench-kv command; its JSON line goes to the results, a readable line to the log.
+# Runs one bench-kv command against a system; its JSON line goes to the results, and to the log.
 bench() {
   local sys=$1 line
   shift
-  line=$("$bin/bench-kv" "$@" --endpoints "$(endpoints "$sys")" --label "$sys" --json "${leader_flag[@]}")
+  line=$("$bin/bench-kv" "$@" --endpoints "$(endpoints "$sys")" --label "$sys" --json "${leader_flag[@]}" </dev/null)
   echo "$line" >>"$out"
   log "$line"
 }
 
-run_system() {
-  local sys=$1 eps pair clients conns t
-  eps=$(endpoints "$sys")
-  # Anything else busy on the machine skews the figures; the load average shows it.
-  log "starting a 3-member $sys cluster at $eps (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-  "start_$sys"
-  wait_ready "$sys" "$eps"
-  log "$sys ready; writing $keys keys"
-  bench "$sys" fill --keys "$keys" --clients "${fill_pair%:*}" --conns "${fill_pair#*:}"
-  sample_rss "$sys" "after-fill-$keys-keys"
+# The runs after the fill, one a line: bench-kv arguments.
+plan() {
+  local mode pair clients conns
   for mode in linearizable serializable; do
     for pair in $pairs; do
       clients=${pair%:*} conns=${pair#*:}
-      t=$range_total
-      [ "$clients" = 1 ] && t=$range_total_single
-      flag=()
-      [ $mode = serializable ] && flag=(--serializable)
-      bench "$sys" range "${flag[@]}" --key-space "$keys" --clients "$clients" --conns "$conns" --total "$t" \
-        --max-secs "$max_secs"
+      echo "range $([ $mode = serializable ] && echo --serializable) --key-space $keys --clients $clients" \
+        "--conns $conns --total $([ "$clients" = 1 ] && echo "$range_total_single" || echo "$range_total")" \
+        "--max-secs $max_secs"
     done
   done
   for pair in $pairs; do
     clients=${pair%:*} conns=${pair#*:}
-    t=$put_total
-    [ "$clients" = 1 ] && t=$put_total_single
-    bench "$sys" put --key-space "$keys" --clients "$clients" --conns "$conns" --total "$t" --max-secs "$max_secs"
+    echo "put --key-space $keys --clients $clients --conns $conns" \
+      "--total $([ "$clients" = 1 ] && echo "$put_total_single" || echo "$put_total") --max-secs $max_secs"
   done
   if [ ${#leader_flag[@]} -eq 0 ]; then
-    bench "$sys" put --target-leader --key-space "$keys" --clients 1 --conns 1 --total "$put_total_single" \
-      --max-secs "$max_secs"
+    echo "put --target-leader --key-space $keys --clients 1 --conns 1 --total $put_total_single --max-secs $max_secs"
   fi
-  sample_rss "$sys" "after-all-runs"
-  log "$sys done (load average $(cut -d' ' -f1-3 /proc/loadavg))"
-  if [ "$sys" = etcd ]; then group_commit "$sys"; fi
-  stop_members
-  if [ "$sys" = rkube ]; then group_commit "$sys"; fi
 }
 
 started=$SECONDS
-for sys in $systems; do run_system "$sys"; done
+# Both clusters run side by side and every workload runs on each in turn, in alternating
+# order, so that anything else busy on the machine weighs on both alike. The load average in
+# the log shows how busy it was.
+read -r -a order <<<"$systems"
+for sys in "${order[@]}"; do
+  log "starting a 3-member $sys cluster at $(endpoints "$sys")"
+  "start_$sys"
+done
+for sys in "${order[@]}"; do wait_ready "$sys"; done
+for sys in "${order[@]}"; do
+  log "$sys: writing $keys keys (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  bench "$sys" fill --keys "$keys" --clients "${fill_pair%:*}" --conns "${fill_pair#*:}"
+  sample_rss "$sys" "after-fill-$keys-keys"
+done
+n=0
+while read -r -a args; do
+  if [ $((n % 2)) = 1 ]; then turn=$(printf '%s\n' "${order[@]}" | tac); else turn=${order[*]}; fi
+  for sys in $turn; do bench "$sys" "${args[@]}"; done
+  n=$((n + 1))
+done < <(plan)
+for sys in "${order[@]}"; do sample_rss "$sys" "after-all-runs"; done
+log "runs done (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+for sys in "${order[@]}"; do
+  if [ "$sys" = etcd ]; then group_commit "$sys"; fi
+  stop_members "$sys"
+  if [ "$sys" = rkube ]; then group_commit "$sys"; fi
+done
+
 {
   echo "rkube $rev vs $("$etcd_bin" --version 2>/dev/null | head -1); $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
