@@ -15,5 +15,5 @@ pub mod raft {
     tonic::include_proto!("rkube.raft.v1");
 }
 
-/// Every service's descriptor, for gRPC reflection.
+/// The client API's descriptors (etcd v3), for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("rkube_descriptor");

@@ -284,6 +284,8 @@ async fn grpcurl_lists_the_etcd_services_through_reflection() {
     ] {
         assert!(services.contains(&want), "{want} is missing from grpcurl list:\n{out}");
     }
+    // The peer protocol is served on the peer port only, and not advertised to clients.
+    assert!(!out.contains("rkube.raft"), "the peer service is advertised on the client port:\n{out}");
 }
 
 #[tokio::test]
