@@ -76,6 +76,10 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // Every family shares one WAL; the Raft log's synced appends also make the state machine's
     // earlier unsynced writes durable, because the WAL is one sequential file.
     db_opts.set_max_total_wal_size(256 << 20);
+    // The state machine's writes are not synced on their own (the next synced log append covers
+    // them). Flushing every family together keeps a memtable flush of one family (say, a log
+    // purge) from reaching disk ahead of the unsynced writes of another that it depends on.
+    db_opts.set_atomic_flush(true);
     // All memtables together stay under this, whatever the number of column families.
     db_opts.set_db_write_buffer_size(48 << 20);
 
