@@ -66,6 +66,9 @@ fi
 if [ "${BENCH_NO_BUILD:-0}" != 1 ]; then
   log "building rkube and bench-kv (release)"
   cargo build --release --bin rkube --bin bench-kv
+else
+  # The binary may be older than the tree: say when it was built.
+  rev="$rev (tree; binary not rebuilt, from $(date -u -r "$bin/rkube" '+%H:%M UTC' 2>/dev/null || echo '?'))"
 fi
 [ -x "$bin/rkube" ] && [ -x "$bin/bench-kv" ] || die "binaries missing under $bin"
 
