@@ -103,11 +103,14 @@ impl PeerConn {
                 Kind::Snapshot => client.install_snapshot(req).await,
             }
         };
+        // Only a peer that cannot be connected to is Unreachable (openraft then backs off for a
+        // while); a slow or failed call is a Network error, retried at once.
         let resp = match tokio::time::timeout(option.hard_ttl(), fut).await {
-            Err(_) => return Err(RPCError::Unreachable(Unreachable::new(&fail("timed out".into())))),
-            Ok(Err(status)) => {
+            Err(_) => return Err(RPCError::Network(NetworkError::new(&fail("timed out".into())))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable && status.message().contains("connect") => {
                 return Err(RPCError::Unreachable(Unreachable::new(&fail(status.message().to_string()))))
             }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&fail(status.message().to_string())))),
             Ok(Ok(r)) => r.into_inner(),
         };
         let decoded: Result<Resp, RaftError<u64, E>> =
