@@ -162,7 +162,7 @@ pub struct RaftNode {
     forwards: tokio::sync::mpsc::Sender<Proposal>,
 }
 
-type Proposal = (Command, tokio::sync::oneshot::Sender<Result<Response, ConsensusError>>);
+type Proposal = (Command, Reply);
 
 /// Writes waiting to be proposed, at most.
 const PROPOSAL_QUEUE: usize = 4096;
@@ -174,40 +174,57 @@ const MAX_BATCH_BYTES: usize = 4 << 20;
 /// takes the next one, so writes that arrive meanwhile must wait here to share the next entry.
 const MAX_IN_FLIGHT: usize = 2;
 
+type Reply = tokio::sync::oneshot::Sender<Result<Response, ConsensusError>>;
+
+/// `first` and the writes already waiting behind it, up to the batch bounds.
+fn gather(first: Proposal, rx: &mut tokio::sync::mpsc::Receiver<Proposal>) -> (Vec<Command>, Vec<Reply>) {
+    let mut bytes = first.0.approx_size();
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(p) => {
+                bytes += p.0.approx_size();
+                batch.push(p);
+            }
+            Err(_) => break,
+        }
+    }
+    batch.into_iter().unzip()
+}
+
+/// Answers each waiting write with its own result, or all of them with one error.
+fn answer(replies: Vec<Reply>, results: Result<Vec<Result<Response, ConsensusError>>, ConsensusError>) {
+    match results {
+        Ok(results) if results.len() == replies.len() => {
+            for (reply, r) in replies.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Ok(results) => {
+            let e = ConsensusError::Storage(format!("{} results for {} writes", results.len(), replies.len()));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
 /// Gathers the writes that arrive while earlier entries are in flight into one log entry.
 async fn run_proposer(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut bytes = first.0.approx_size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.0.approx_size();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let (cmds, replies) = gather(first, &mut rx);
         let raft = raft.clone();
         tokio::spawn(async move {
             let result = raft.client_write(cmds).await;
             drop(slot);
-            match result {
-                Ok(resp) => {
-                    for (reply, r) in replies.into_iter().zip(resp.data) {
-                        let _ = reply.send(Ok(r));
-                    }
-                }
-                Err(e) => {
-                    let e = map_write_err(e);
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            answer(replies, result.map(|r| r.data.into_iter().map(Ok).collect()).map_err(map_write_err));
         });
     }
 }
@@ -609,18 +626,7 @@ async fn run_forwarder(
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT * 2));
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let mut bytes = first.0.approx_size();
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(p) => {
-                    bytes += p.0.approx_size();
-                    batch.push(p);
-                }
-                Err(_) => break,
-            }
-        }
-        let (cmds, replies): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+        let (cmds, replies) = gather(first, &mut rx);
         let leader_addr = {
             let m = raft.metrics();
             let m = m.borrow();
@@ -633,24 +639,11 @@ async fn run_forwarder(
                 None => Err(ConsensusError::NoLeader),
             };
             drop(slot);
-            match result {
-                Ok(LeaderReply::Writes(results)) if results.len() == replies.len() => {
-                    for (reply, r) in replies.into_iter().zip(results) {
-                        let _ = reply.send(r);
-                    }
-                }
-                Ok(other) => {
-                    let e = ConsensusError::Storage(format!("unexpected reply to forwarded writes: {other:?}"));
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.clone()));
-                    }
-                }
-            }
+            let results = result.and_then(|reply| match reply {
+                LeaderReply::Writes(results) => Ok(results),
+                other => Err(ConsensusError::Storage(format!("unexpected reply to forwarded writes: {other:?}"))),
+            });
+            answer(replies, results);
         });
     }
 }

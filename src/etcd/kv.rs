@@ -91,14 +91,6 @@ fn collect_writes(
     Ok(())
 }
 
-fn txn_writes(req: &epb::TxnRequest) -> bool {
-    req.success.iter().chain(&req.failure).any(|op| match &op.request {
-        Some(OpRequest::RequestPut(_)) => true,
-        Some(OpRequest::RequestTxn(t)) => txn_writes(t),
-        _ => false,
-    })
-}
-
 impl KvService {
     async fn propose(&self, cmd: Command) -> Result<Applied, Status> {
         match self.api.node.write(cmd).await.map_err(|e| status_of(&e))? {
@@ -168,7 +160,7 @@ impl Kv for KvService {
         let req = req.into_inner();
         self.api.check_size(req.encoded_len())?;
         check_txn(&req, self.api.limits.max_txn_ops)?;
-        if txn_writes(&req) {
+        if crate::store::mvcc::txn_writes(&req) {
             self.api.check_quota().await?;
         }
         match self.propose(Command::Txn(req)).await? {

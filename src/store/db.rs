@@ -125,37 +125,14 @@ pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
         // member's data dir even though start-up then refuses it.
         let (opts, cfs) = options();
         let db = DB::open_cf_descriptors_read_only(&opts, &db_dir, cfs, false).map_err(|e| corrupt(e.into_string()))?;
-        let raft_cf = db.cf_handle(CF_RAFT).expect("column family opened");
-        if let Some(bytes) = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))? {
-            let found: Identity = bincode::deserialize(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
-            if found.member_id != wanted.member_id {
-                return Err(OpenError::OtherMember {
-                    path: data_dir.to_path_buf(),
-                    found: found.member_id,
-                    found_cluster: found.cluster_id,
-                    expected: wanted.member_id,
-                });
-            }
-        }
+        read_identity(&db, data_dir, wanted)?;
     }
     let (mut opts, cfs) = options();
     opts.create_if_missing(!exists);
     let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| corrupt(e.into_string()))?;
     let raft_cf = db.cf_handle(CF_RAFT).expect("column family created at open");
-    let stored = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))?;
-    let identity = match stored {
-        Some(bytes) => {
-            let found: Identity = bincode::deserialize(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
-            if found.member_id != wanted.member_id {
-                return Err(OpenError::OtherMember {
-                    path: data_dir.to_path_buf(),
-                    found: found.member_id,
-                    found_cluster: found.cluster_id,
-                    expected: wanted.member_id,
-                });
-            }
-            found
-        }
+    let identity = match read_identity(&db, data_dir, wanted)? {
+        Some(found) => found,
         None if !exists => {
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
@@ -166,6 +143,25 @@ pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
         None => return Err(corrupt("the identity record is missing".into())),
     };
     Ok(Opened { db: Arc::new(db), identity, fresh: !exists })
+}
+
+/// The identity recorded in `db`, if any; refuses one of another member.
+fn read_identity(db: &DB, data_dir: &Path, wanted: Identity) -> Result<Option<Identity>, OpenError> {
+    let corrupt = |reason: String| OpenError::Corrupt { path: data_dir.to_path_buf(), reason };
+    let raft_cf = db.cf_handle(CF_RAFT).expect("column family opened");
+    let Some(bytes) = db.get_cf(raft_cf, IDENTITY_KEY).map_err(|e| corrupt(e.into_string()))? else {
+        return Ok(None);
+    };
+    let found: Identity = bincode::deserialize(&bytes).map_err(|e| corrupt(format!("identity record: {e}")))?;
+    if found.member_id != wanted.member_id {
+        return Err(OpenError::OtherMember {
+            path: data_dir.to_path_buf(),
+            found: found.member_id,
+            found_cluster: found.cluster_id,
+            expected: wanted.member_id,
+        });
+    }
+    Ok(Some(found))
 }
 
 /// Bytes the database takes on disk (SST files plus memtables).

@@ -263,10 +263,7 @@ impl Store {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
-        let revs = match self.db.get_cf_opt(cf(&self.db, CF_META), META_REVS, &ro).map_err(storage)? {
-            Some(b) => bincode::deserialize::<Revisions>(&b).map_err(storage)?,
-            None => Revisions::default(),
-        };
+        let revs = revisions_at(&self.db, &ro)?;
         let current = revs.current.max(1);
         if req.revision > 0 && req.revision < revs.compacted {
             return Err(ApplyError::Compacted);
@@ -307,10 +304,7 @@ impl Store {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
-        let revs = match self.db.get_cf_opt(cf(&self.db, CF_META), META_REVS, &ro).map_err(storage)? {
-            Some(b) => bincode::deserialize::<Revisions>(&b).map_err(storage)?,
-            None => Revisions::default(),
-        };
+        let revs = revisions_at(&self.db, &ro)?;
         if from < revs.compacted {
             return Err(ApplyError::Compacted);
         }
@@ -421,6 +415,14 @@ fn lease_keys(db: &DB, id: i64) -> Result<Vec<Vec<u8>>, ApplyError> {
         out.push(k[8..].to_vec());
     }
     Ok(out)
+}
+
+/// The counters as the read options' snapshot sees them.
+fn revisions_at(db: &DB, ro: &ReadOptions) -> Result<Revisions, ApplyError> {
+    match db.get_cf_opt(cf(db, CF_META), META_REVS, ro).map_err(storage)? {
+        Some(b) => bincode::deserialize(&b).map_err(storage),
+        None => Ok(Revisions { current: 1, compacted: 0 }),
+    }
 }
 
 fn read_revisions(db: &DB) -> Result<Revisions, ApplyError> {
@@ -835,7 +837,8 @@ impl Applier {
     }
 }
 
-fn txn_writes(req: &epb::TxnRequest) -> bool {
+/// Whether a transaction may write (a put in either branch, at any depth).
+pub(crate) fn txn_writes(req: &epb::TxnRequest) -> bool {
     req.success.iter().chain(&req.failure).any(|op| match &op.request {
         Some(OpRequest::RequestPut(_)) => true,
         Some(OpRequest::RequestTxn(t)) => txn_writes(t),
