@@ -79,7 +79,6 @@ pub enum ConsensusError {
 /// Work only the leader does, asked of it by any member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderRequest {
-    Write(Command),
     /// Writes gathered by a follower, forwarded together.
     Writes(Vec<Command>),
     ReadIndex,
@@ -104,7 +103,6 @@ pub enum LeaderRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LeaderReply {
-    Write(Response),
     Writes(Vec<Result<Response, ConsensusError>>),
     ReadIndex(u64),
     Done,
@@ -383,19 +381,6 @@ impl RaftNode {
     /// the leader, so that the caller looks for the leader again.
     pub(crate) async fn handle_as_leader(&self, req: LeaderRequest) -> Result<LeaderReply, ConsensusError> {
         match req {
-            LeaderRequest::Write(cmd) => {
-                let grant = match &cmd {
-                    Command::LeaseGrant { id, ttl } => Some((*id, *ttl)),
-                    _ => None,
-                };
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                self.proposals.send((cmd, tx)).await.map_err(|_| ConsensusError::Stopped)?;
-                let resp = rx.await.map_err(|_| ConsensusError::Stopped)??;
-                if let Some((id, ttl)) = grant {
-                    self.lessor.touch(id, ttl);
-                }
-                Ok(LeaderReply::Write(resp))
-            }
             LeaderRequest::Writes(cmds) => {
                 let mut waiting = Vec::with_capacity(cmds.len());
                 for cmd in cmds {
