@@ -100,9 +100,7 @@ fn write_snapshot_file(db: &DB, dir: &Path) -> StorageResult<SnapshotMeta<u64, M
     let tmp = dir.join(format!("{}.tmp", meta.snapshot_id));
     let file = std::fs::File::create(&tmp).map_err(sm_err)?;
     let mut w = std::io::BufWriter::new(file);
-    let meta_bytes = bincode::serialize(&meta).map_err(sm_err)?;
-    w.write_all(&(meta_bytes.len() as u32).to_be_bytes()).map_err(sm_err)?;
-    w.write_all(&meta_bytes).map_err(sm_err)?;
+    write_meta(&mut w, &meta)?;
     let w = snapshot::dump(db, &snap, w).map_err(sm_err)?;
     let file = w.into_inner().map_err(sm_err)?;
     file.sync_all().map_err(sm_err)?;
@@ -123,22 +121,11 @@ fn read_meta(r: &mut impl Read) -> StorageResult<SnapshotMeta<u64, Member>> {
     bincode::deserialize(&buf).map_err(snap_err)
 }
 
-/// Writes `src` (a snapshot file) to `dst` with `meta` as its header, replacing `dst`
-/// atomically, and removes `src`.
-fn rewrite_meta(src: &Path, dst: &Path, meta: &SnapshotMeta<u64, Member>) -> StorageResult<()> {
-    let mut r = std::io::BufReader::new(std::fs::File::open(src).map_err(snap_err)?);
-    let _ = read_meta(&mut r)?;
-    let tmp = dst.with_extension("tmp");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(sm_err)?);
+/// Writes the header of a snapshot file: the meta, length-prefixed.
+fn write_meta(w: &mut impl Write, meta: &SnapshotMeta<u64, Member>) -> StorageResult<()> {
     let meta_bytes = bincode::serialize(meta).map_err(sm_err)?;
     w.write_all(&(meta_bytes.len() as u32).to_be_bytes()).map_err(sm_err)?;
-    w.write_all(&meta_bytes).map_err(sm_err)?;
-    std::io::copy(&mut r, &mut w).map_err(sm_err)?;
-    let f = w.into_inner().map_err(sm_err)?;
-    f.sync_all().map_err(sm_err)?;
-    std::fs::rename(&tmp, dst).map_err(sm_err)?;
-    std::fs::remove_file(src).map_err(sm_err)?;
-    Ok(())
+    w.write_all(&meta_bytes).map_err(sm_err)
 }
 
 /// Opens the current snapshot file, if there is one.
@@ -249,16 +236,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let incoming = self.incoming.take();
         let (db, dir, meta2) = (self.db.clone(), self.dir.clone(), meta.clone());
         tokio::task::spawn_blocking(move || -> StorageResult<()> {
-            // Keep a copy of what was received as the current snapshot, so that this member
-            // can send it on; then restore from that copy.
+            // Keep what was received, under the meta openraft installs, as the current snapshot
+            // (so that this member can send it on), and restore from that one copy.
             let installing = dir.join("installing.snap");
             received.seek(SeekFrom::Start(0)).map_err(snap_err)?;
-            let mut copy = std::fs::File::create(&installing).map_err(sm_err)?;
+            let mut received = std::io::BufReader::new(received);
+            let _sent_meta = read_meta(&mut received)?;
+            let mut copy = std::io::BufWriter::new(std::fs::File::create(&installing).map_err(sm_err)?);
+            write_meta(&mut copy, &meta2)?;
             std::io::copy(&mut received, &mut copy).map_err(sm_err)?;
-            copy.sync_all().map_err(sm_err)?;
-            drop(copy);
+            copy.into_inner().map_err(sm_err)?.sync_all().map_err(sm_err)?;
             let mut f = std::io::BufReader::new(std::fs::File::open(&installing).map_err(snap_err)?);
-            let _sent_meta = read_meta(&mut f)?;
+            read_meta(&mut f)?;
             snapshot::restore(&db, f).map_err(sm_err)?;
             // The dump carries the sender's applied id and membership; make them match the
             // meta that openraft installs, in case the sender's state moved past it.
@@ -269,7 +258,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut wo = rocksdb::WriteOptions::default();
             wo.set_sync(true);
             db.write_opt(batch, &wo).map_err(sm_err)?;
-            rewrite_meta(&installing, &dir.join(CURRENT), &meta2)?;
+            std::fs::rename(&installing, dir.join(CURRENT)).map_err(sm_err)?;
             if let Some(p) = incoming {
                 let _ = std::fs::remove_file(p);
             }

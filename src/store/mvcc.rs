@@ -390,7 +390,7 @@ impl Store {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
-        let revs = self.revisions();
+        let revs = revisions_at(&self.db, &ro)?;
         let rev = if rev == 0 { revs.current } else { rev };
         let mut h = crc32fast::Hasher::new();
         for item in self.db.iterator_cf_opt(cf(&self.db, CF_HIST), ro, IteratorMode::Start) {
