@@ -19,9 +19,69 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["proto"],
     )?;
 
+    // rkube's object API. Objects travel as protobuf (gRPC, store values) and as YAML/JSON
+    // (manifests, rkctl output); serde uses the same JSON names as the protobuf JSON mapping,
+    // which are Kubernetes' names (`podIP` comes from the field's `json_name`).
+    let mut config = prost_build::Config::new();
+    config.protoc_executable(&protoc);
+    let v1 = ["proto/rkube/v1/objects.proto", "proto/rkube/v1/api.proto"];
+    let fds = config.load_fds(&v1, &["proto"])?;
+    std::fs::write(out_dir.join("rkube_v1_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    config.btree_map(["."]);
+    config.type_attribute(
+        ".rkube.v1",
+        "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default, rename_all = \"camelCase\")]",
+    );
+    for file in &fds.file {
+        for msg in &file.message_type {
+            for field in &msg.field {
+                let (name, json) = (field.name(), field.json_name());
+                if json != lower_camel(name) {
+                    config.field_attribute(
+                        format!(".rkube.v1.{}.{name}", msg.name()),
+                        format!("#[serde(rename = \"{json}\")]"),
+                    );
+                }
+            }
+        }
+    }
+    for field in INT_OR_STRING {
+        config.field_attribute(field, "#[serde(with = \"crate::api::int_or_string\")]");
+    }
+    tonic_prost_build::configure().compile_fds_with_config(fds, config)?;
+    for f in v1 {
+        println!("cargo:rerun-if-changed={f}");
+    }
+
     // The peer protocol, served only on --listen-peer and not advertised to clients.
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
     tonic_prost_build::configure().compile_with_config(config, &["proto/rkube/raft.proto"], &["proto"])?;
     Ok(())
+}
+
+/// Fields that Kubernetes types as IntOrString: strings here, but manifests may give a number.
+const INT_OR_STRING: &[&str] = &[
+    ".rkube.v1.HTTPGetAction.port",
+    ".rkube.v1.TCPSocketAction.port",
+    ".rkube.v1.ServicePort.target_port",
+    ".rkube.v1.RollingUpdateDeployment.max_surge",
+    ".rkube.v1.RollingUpdateDeployment.max_unavailable",
+];
+
+/// protoc's default JSON name of a field: `pod_ip` -> `podIp`.
+fn lower_camel(name: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in name.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

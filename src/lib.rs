@@ -6,8 +6,12 @@
 //! - [`store`]: the MVCC key-value state machine in RocksDB, with etcd's semantics.
 //! - [`raft`]: openraft over the store: log, snapshots, peer transport, leases, membership.
 //! - [`etcd`]: the etcd-v3-compatible gRPC services (KV, Watch, Lease, Cluster, Maintenance).
+//! - [`api`]: the object model (Pod, Deployment, ...): defaulting, validation, selectors.
+//! - [`apiserver`]: the `rkube.v1` services: every kind stored in the store, one generic registry.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
+pub mod api;
+pub mod apiserver;
 pub mod etcd;
 pub mod pb;
 pub mod raft;

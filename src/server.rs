@@ -1,6 +1,6 @@
 //! `rkube server`: one master. Parses and validates its flags into a [`ServerConfig`], opens
 //! the data directory, starts Raft, serves the peer protocol on `--listen-peer` and the client
-//! API (etcd v3, reflection, health) on `--listen-api`, runs the leader's periodic work (auto
+//! API (rkube.v1 objects, etcd v3, reflection, health) on `--listen-api`, runs the leader's periodic work (auto
 //! compaction), and drains on shutdown.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::apiserver::{AllocConfig, ApiConfig, ApiServer};
 use crate::etcd::{self, Api, ApiLimits};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -85,6 +86,9 @@ pub struct ServerOpts {
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, env = "RKUBE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
+    /// The range Services' ClusterIPs are allocated from.
+    #[arg(long, env = "RKUBE_SERVICE_CIDR", default_value = "10.96.0.0/12")]
+    pub service_cidr: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,8 @@ pub enum ConfigError {
     BadTimeouts,
     #[error("--max-request-bytes must be between 1 and 64 MiB")]
     BadRequestLimit,
+    #[error("{0}")]
+    BadServiceCidr(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -141,6 +147,7 @@ pub struct ServerConfig {
     pub election_timeout: Duration,
     pub snapshot_count: u64,
     pub progress_interval: Duration,
+    pub objects: ApiConfig,
 }
 
 fn parse_addr(flag: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -286,6 +293,10 @@ impl ServerOpts {
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count.max(1),
             progress_interval: Duration::from_secs(self.watch_progress_notify_interval.max(1)),
+            objects: ApiConfig {
+                alloc: AllocConfig::with_service_cidr(&self.service_cidr).map_err(ConfigError::BadServiceCidr)?,
+                ..ApiConfig::default()
+            },
         })
     }
 }
@@ -349,7 +360,13 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let peer_task = tokio::spawn(peer_server);
 
     let api = Api::new(node.clone(), cluster_id, cfg.limits.clone());
-    let api_task = tokio::spawn(serve_api(api.clone(), api_listener, cfg.progress_interval, shutdown.clone()));
+    let objects = ApiServer::new(node.clone(), cfg.objects.clone());
+    let api_task =
+        tokio::spawn(serve_api(api.clone(), objects.clone(), api_listener, cfg.progress_interval, shutdown.clone()));
+    tokio::spawn({
+        let (objects, shutdown) = (objects.clone(), shutdown.clone());
+        async move { objects.bootstrap(shutdown).await }
+    });
     tokio::spawn(publish_member(node.clone(), cfg.name.clone(), cfg.advertise_api.clone(), shutdown.clone()));
     tokio::spawn(background(api.clone(), cfg.auto_compaction.clone(), shutdown.clone()));
     tracing::info!(
@@ -389,22 +406,31 @@ fn incoming(
     })
 }
 
-async fn serve_api(api: Arc<Api>, listener: TcpListener, progress: Duration, shutdown: CancellationToken) {
+async fn serve_api(
+    api: Arc<Api>,
+    objects: Arc<ApiServer>,
+    listener: TcpListener,
+    progress: Duration,
+    shutdown: CancellationToken,
+) {
     let limit = api.limits.max_request_bytes + 512 * 1024;
     let (health, health_svc) = tonic_health::server::health_reporter();
     health.set_serving::<KvServer<etcd::KvService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .expect("the embedded descriptor set is valid");
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(crate::pb::V1_FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .expect("the embedded descriptor set is valid");
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .add_routes(crate::apiserver::router(objects, limit))
         .add_service(KvServer::new(etcd::KvService::new(api.clone())).max_decoding_message_size(limit))
         .add_service(WatchServer::new(etcd::WatchService::new(api.clone(), progress)).max_decoding_message_size(limit))
         .add_service(LeaseServer::new(etcd::LeaseService::new(api.clone())).max_decoding_message_size(limit))

@@ -50,18 +50,37 @@ pub struct SyncStats {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    syncer: mpsc::Sender<(LogFlushed<TypeConfig>, u64)>,
+    syncer: Arc<Syncer>,
+}
+
+type Pending = (LogFlushed<TypeConfig>, u64);
+
+/// The sync thread's handle. Dropping the last clone of the store closes the channel and joins
+/// the thread, so the thread's reference to the database is gone when the store is: RocksDB must
+/// not be closed by a detached thread racing the process's exit.
+struct Syncer {
+    tx: Option<mpsc::Sender<Pending>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>, stats: Arc<SyncStats>) -> Self {
-        let (tx, rx) = mpsc::channel::<(LogFlushed<TypeConfig>, u64)>();
+        let (tx, rx) = mpsc::channel::<Pending>();
         let sync_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-sync".into())
             .spawn(move || sync_loop(sync_db, rx, stats))
             .expect("spawning the log sync thread");
-        LogStore { db, syncer: tx }
+        LogStore { db, syncer: Arc::new(Syncer { tx: Some(tx), thread: Some(thread) }) }
     }
 
     fn get_raft<T: serde::de::DeserializeOwned>(&self, key: &[u8]) -> StorageResult<Option<T>> {
@@ -80,7 +99,7 @@ impl LogStore {
 }
 
 /// Waits for appends, then syncs the WAL once for all of them and acknowledges them together.
-fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<(LogFlushed<TypeConfig>, u64)>, stats: Arc<SyncStats>) {
+fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<Pending>, stats: Arc<SyncStats>) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
@@ -183,7 +202,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.db.write_opt(batch, &wo).map_err(write_err)?;
         // Durable only once the sync thread has synced the WAL; until then openraft does not
         // count these entries as persisted.
-        self.syncer.send((callback, count)).map_err(|_| write_err(std::io::Error::other("log sync thread stopped")))?;
+        let sent = self.syncer.tx.as_ref().map(|tx| tx.send((callback, count)));
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(write_err(std::io::Error::other("log sync thread stopped")));
+        }
         Ok(())
     }
 
