@@ -4,6 +4,7 @@
 //! controllers build on it.
 
 pub mod defaults;
+pub mod fence;
 pub mod int_or_string;
 pub mod quantity;
 pub mod selector;

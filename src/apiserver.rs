@@ -30,6 +30,7 @@ use crate::pb::mvccpb::KeyValue;
 use crate::raft::RaftNode;
 use crate::store::{Command, Response, Store};
 
+pub use crate::api::fence::{fence_key, fence_record, Fence, FENCE_HEADER, REASON_HEADER};
 pub use alloc::AllocConfig;
 pub use errors::ApiError;
 pub use hooks::Kind;
@@ -37,59 +38,6 @@ pub use services::router;
 
 use epb::compare::{CompareResult, CompareTarget, TargetUnion};
 use epb::request_op::Request as Op;
-
-/// The metadata header a leader-elected writer sends with each write: `<namespace>/<lease>
-/// <holder> <transitions>`. The write applies only if that Lease still has that holder and
-/// transition count, checked in the write's own transaction.
-pub const FENCE_HEADER: &str = "rkube-fence";
-
-/// Store key of a Lease's fencing record, whose value is `<holder> <transitions>`.
-pub fn fence_key(namespace: &str, name: &str) -> Vec<u8> {
-    format!("/registry/fences/{namespace}/{name}").into_bytes()
-}
-
-/// A writer's claim to a leader-election Lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fence {
-    pub namespace: String,
-    pub lease: String,
-    pub holder: String,
-    pub transitions: i32,
-}
-
-impl Fence {
-    pub fn parse(s: &str) -> Result<Fence, ApiError> {
-        let bad = || {
-            ApiError::BadRequest(format!(
-                "malformed {FENCE_HEADER} header {s:?}: want \"<namespace>/<lease> <holder> <transitions>\""
-            ))
-        };
-        let mut parts = s.split(' ');
-        let (Some(lease), Some(holder), Some(tr), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(bad());
-        };
-        let (namespace, lease) = lease.split_once('/').ok_or_else(bad)?;
-        Ok(Fence {
-            namespace: namespace.into(),
-            lease: lease.into(),
-            holder: holder.into(),
-            transitions: tr.parse().map_err(|_| bad())?,
-        })
-    }
-
-    pub fn header_value(&self) -> String {
-        format!("{}/{} {} {}", self.namespace, self.lease, self.holder, self.transitions)
-    }
-
-    fn record(&self) -> Vec<u8> {
-        fence_record(&self.holder, self.transitions)
-    }
-}
-
-fn fence_record(holder: &str, transitions: i32) -> Vec<u8> {
-    format!("{holder} {transitions}").into_bytes()
-}
 
 /// Options of a delete, as Kubernetes' DeleteOptions.
 #[derive(Debug, Clone, Default)]
@@ -984,15 +932,5 @@ mod tests {
         assert_eq!(decode_continue(&t).expect("decodes"), (42, b"/registry/pods/default/web\x00".to_vec()));
         assert!(decode_continue("nonsense").is_err());
         assert!(decode_continue("1:zz").is_err());
-    }
-
-    #[test]
-    fn fences_parse_from_their_header() {
-        let f = Fence::parse("kube-system/rkube-scheduler m1-abc 3").expect("parses");
-        assert_eq!(f.lease, "rkube-scheduler");
-        assert_eq!(f.transitions, 3);
-        assert_eq!(Fence::parse(&f.header_value()).expect("round trip"), f);
-        assert!(Fence::parse("kube-system/x holder").is_err());
-        assert!(Fence::parse("nolease holder 1").is_err());
     }
 }

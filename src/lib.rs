@@ -8,10 +8,12 @@
 //! - [`etcd`]: the etcd-v3-compatible gRPC services (KV, Watch, Lease, Cluster, Maintenance).
 //! - [`api`]: the object model (Pod, Deployment, ...): defaulting, validation, selectors.
 //! - [`apiserver`]: the `rkube.v1` services: every kind stored in the store, one generic registry.
+//! - [`client`]: the API client: typed access to every kind, failover across masters, fencing.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
 pub mod api;
 pub mod apiserver;
+pub mod client;
 pub mod etcd;
 pub mod pb;
 pub mod raft;

@@ -5,6 +5,7 @@
 
 use tonic::{Code, Status};
 
+use crate::api::fence::REASON_HEADER;
 use crate::api::Object;
 use crate::raft::ConsensusError;
 use crate::store::ApplyError;
@@ -32,10 +33,6 @@ pub enum ApiError {
     #[error("{0}")]
     Internal(String),
 }
-
-/// The reason a client sees in `Error from server (<Reason>)`, kept in the status details so
-/// rkctl can print it as kubectl does.
-pub const REASON_HEADER: &str = "rkube-reason";
 
 impl ApiError {
     pub fn not_found<K: Object>(name: &str) -> Self {

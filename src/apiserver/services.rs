@@ -32,7 +32,7 @@ fn fence_of<T>(req: &Request<T>) -> Result<Option<Fence>, Status> {
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| Status::invalid_argument(format!("{FENCE_HEADER} header is not text")))?;
-            Ok(Some(Fence::parse(s)?))
+            Ok(Some(Fence::parse(s).map_err(Status::invalid_argument)?))
         }
     }
 }
