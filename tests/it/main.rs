@@ -7,4 +7,5 @@ mod bad_input;
 mod cluster;
 mod etcdctl;
 mod kv;
+mod objects;
 mod rkctl;
