@@ -31,6 +31,9 @@ pub struct ApiLimits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_bytes: u64,
+    /// Test only (`RKUBE_TEST_UNSAFE_STALE_READS`): Range skips the read barrier, so
+    /// "linearizable" reads are served from possibly stale local state.
+    pub unsafe_stale_reads: bool,
 }
 
 /// What every handler shares.

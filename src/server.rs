@@ -85,6 +85,11 @@ pub struct ServerOpts {
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, env = "RKUBE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
+    /// TEST ONLY, deliberately unsafe: linearizable reads skip the read index and serve this
+    /// member's local state, so they can be stale. It exists so that tests/jepsen can show its
+    /// register checker catching a broken build; never set it anywhere else.
+    #[arg(long, env = "RKUBE_TEST_UNSAFE_STALE_READS", hide = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub test_unsafe_stale_reads: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,6 +285,7 @@ impl ServerOpts {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
                 quota_bytes: self.quota_backend_bytes,
+                unsafe_stale_reads: self.test_unsafe_stale_reads,
             },
             auto_compaction,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
@@ -352,6 +358,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let api_task = tokio::spawn(serve_api(api.clone(), api_listener, cfg.progress_interval, shutdown.clone()));
     tokio::spawn(publish_member(node.clone(), cfg.name.clone(), cfg.advertise_api.clone(), shutdown.clone()));
     tokio::spawn(background(api.clone(), cfg.auto_compaction.clone(), shutdown.clone()));
+    if cfg.limits.unsafe_stale_reads {
+        tracing::warn!("RKUBE_TEST_UNSAFE_STALE_READS is set: linearizable reads may be stale (test only)");
+    }
     tracing::info!(
         id = cfg.id,
         name = %cfg.name,
