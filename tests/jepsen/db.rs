@@ -479,10 +479,10 @@ impl Cluster {
     }
 }
 
-/// etcd's flags for one member (the same as docker/etcd-compose.yml gives the first ones).
+/// etcd's flags for one member (the same as docker/etcd-compose.yml gives the first ones); the
+/// image's entry point is etcd.
 pub fn etcd_args(name: &str, ip: &str, cluster: &str, state: &str) -> Vec<String> {
     [
-        "etcd",
         "--name",
         name,
         "--data-dir",

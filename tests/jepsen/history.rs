@@ -151,11 +151,8 @@ impl Recorder {
         self.push(op)
     }
 
-    /// Records a single event that has no invocation (a nemesis step, watch events).
-    pub fn event(&self, mut op: Op) -> Op {
-        if op.kind == Kind::Invoke {
-            op.kind = Kind::Ok;
-        }
+    /// Records an operation as it is (a nemesis step, watch events).
+    pub fn event(&self, op: Op) -> Op {
         self.push(op)
     }
 

@@ -196,7 +196,7 @@ impl Report {
         history::write_jsonl(ops, &dir.join("history.jsonl"))?;
         std::fs::write(dir.join("summary.json"), serde_json::to_string_pretty(self)?)?;
         std::fs::write(dir.join("summary.txt"), self.text())?;
-        let title = format!("{} ({:?}): latency of each operation; faults shaded", self.scenario, self.system);
+        let title = format!("{} ({:?}): latency of each operation, faults shaded", self.scenario, self.system);
         plot::plot(ops, &title, &dir.join("latency.png"))?;
         Ok(())
     }
