@@ -390,6 +390,13 @@ async fn shutdown_signal() {
     }
 }
 
+fn check_file(path: &Path) -> Result<bool> {
+    let ops = history::read_jsonl(path)?;
+    let report = report::Report::build_with("recheck", System::Rkube, &ops, None, false, None);
+    println!("{}", report.text());
+    Ok(report.anomalies.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -397,11 +404,4 @@ mod tests {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400 + 3_723);
         assert_eq!(super::utc_stamp(t), "20000229T010203Z");
     }
-}
-
-fn check_file(path: &Path) -> Result<bool> {
-    let ops = history::read_jsonl(path)?;
-    let report = report::Report::build_with("recheck", System::Rkube, &ops, None, false, None);
-    println!("{}", report.text());
-    Ok(report.anomalies.is_empty())
 }

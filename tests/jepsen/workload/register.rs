@@ -33,7 +33,7 @@ pub async fn run(ctx: Ctx, opts: Opts) {
         let counters = counters.clone();
         let (keys, per_key, workers) = (opts.keys, opts.ops_per_key, opts.workers);
         tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(ctx.seed ^ (w as u64 + 1) * 0x9e37);
+            let mut rng = StdRng::seed_from_u64(ctx.seed ^ ((w as u64 + 1) * 0x9e37));
             let mut p = Process::new(w, workers, 0);
             let mut last_seen: HashMap<String, u64> = HashMap::new();
             while ctx.think().await {

@@ -46,7 +46,7 @@ pub async fn writers(ctx: Ctx, workers: usize) {
         let ctx = ctx.clone();
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(ctx.seed ^ (w as u64 + 7) * 0x51ed);
+            let mut rng = StdRng::seed_from_u64(ctx.seed ^ ((w as u64 + 7) * 0x51ed));
             let mut p = Process::new(w, workers, 2_000_000);
             let key = |i: usize| format!("{}{i}", prefix(&ctx));
             while ctx.think().await {
