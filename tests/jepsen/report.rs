@@ -29,6 +29,8 @@ pub struct Figures {
     /// The longest time without any acknowledged client operation, and when it began.
     pub longest_unavailable_ms: u64,
     pub longest_unavailable_at_s: f64,
+    /// Per kind of fault: the longest time without an acknowledged operation while it was on.
+    pub worst_gap_ms_by_fault: BTreeMap<String, u64>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +163,8 @@ impl Report {
             f.longest_unavailable_ms,
             f.longest_unavailable_at_s
         ));
+        let gaps: Vec<String> = f.worst_gap_ms_by_fault.iter().map(|(k, v)| format!("{k} {v} ms")).collect();
+        s.push_str(&format!("longest time without an acknowledged op, by fault: {}\n", gaps.join(", ")));
         s.push_str(&format!(
             "recovery after the last heal: leader after {}, first acknowledged write after {}\n",
             self.recovery.leader_ms.map_or("-".into(), |m| format!("{m} ms")),
@@ -233,7 +237,20 @@ fn figures(ops: &[Op], periods: &[(String, u64, u64)], end_us: u64) -> Figures {
         longest = (last_invoke - prev, prev);
     }
     let _ = end_us;
+    let mut worst_gap_ms_by_fault: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, a, b) in periods {
+        let mut prev = *a;
+        let mut gap = 0;
+        for &t in oks.iter().filter(|t| **t >= *a && **t <= *b) {
+            gap = gap.max(t - prev);
+            prev = t;
+        }
+        gap = gap.max(b.saturating_sub(prev));
+        let slot = worst_gap_ms_by_fault.entry(name.clone()).or_default();
+        *slot = (*slot).max(gap / 1000);
+    }
     Figures {
+        worst_gap_ms_by_fault,
         seconds: span_us as f64 / 1e6,
         fault_seconds: fault_us as f64 / 1e6,
         ok_per_s_faults: if fault_us > 0 { ok_faults as f64 / (fault_us as f64 / 1e6) } else { 0.0 },

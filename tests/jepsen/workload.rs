@@ -71,9 +71,13 @@ impl Process {
         Process { id: base + worker as i64, stride: workers as i64, member: worker }
     }
 
-    /// Retires the process after an indeterminate operation.
-    pub fn retire(&mut self) {
-        self.id += self.stride;
+    /// After an error: an indeterminate operation retires the process (a successor takes
+    /// over on the next member); a definite failure (say, the member is down) moves the same
+    /// process to the next member, as a client with several endpoints would.
+    pub fn after_error(&mut self, outcome: crate::history::Kind) {
+        if outcome == crate::history::Kind::Info {
+            self.id += self.stride;
+        }
         self.member += 1;
     }
 }

@@ -56,9 +56,7 @@ pub async fn run(ctx: Ctx, opts: Opts) {
                         Err(e) => {
                             // A read changes nothing; an unanswered one is no evidence either way.
                             ctx.rec.complete(&pending, e.write_outcome(), None, None, Some(e.to_string()));
-                            if e.write_outcome() == Kind::Info {
-                                p.retire();
-                            }
+                            p.after_error(e.write_outcome());
                         }
                     }
                 } else {
@@ -105,9 +103,7 @@ pub async fn run(ctx: Ctx, opts: Opts) {
                         Err(e) => {
                             let kind = e.write_outcome();
                             ctx.rec.complete(&pending, kind, None, None, Some(e.to_string()));
-                            if kind == Kind::Info {
-                                p.retire();
-                            }
+                            p.after_error(kind);
                         }
                     }
                 }

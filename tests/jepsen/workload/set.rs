@@ -40,9 +40,7 @@ pub async fn run(ctx: Ctx, workers: usize) {
                     Err(err) => {
                         let kind = err.write_outcome();
                         ctx.rec.complete(&pending, kind, None, None, Some(err.to_string()));
-                        if kind == Kind::Info {
-                            p.retire();
-                        }
+                        p.after_error(kind);
                     }
                 }
             }

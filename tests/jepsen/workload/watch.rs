@@ -94,9 +94,7 @@ async fn write(ctx: &Ctx, p: &mut Process, writes: Vec<(String, Option<String>)>
         Err(e) => {
             let kind = e.write_outcome();
             ctx.rec.complete(&pending, kind, None, None, Some(e.to_string()));
-            if kind == Kind::Info {
-                p.retire();
-            }
+            p.after_error(kind);
             None
         }
     }
