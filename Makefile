@@ -60,3 +60,35 @@ cluster-down:
 # The cluster is removed afterwards whether the check passed or not.
 cluster-test: images
 	docker/cluster.sh up && docker/rolling-restart.sh; status=$$?; docker/cluster.sh down; exit $$status
+
+# tests/jepsen (see tests/jepsen/README.md): workloads against a fresh three-member compose
+# cluster per scenario while a nemesis kills, pauses, partitions and replaces members; the
+# histories are checked (linearizability, lost writes, watch guarantees, recovery). One line per
+# scenario; non-zero exit on any anomaly. The harness starts and removes its clusters itself,
+# also on failure or interrupt. JEPSEN_ARGS adds flags (e.g. --only register --time-scale 0.5).
+JEPSEN := $(RKUBE_TARGET_DIR)/release/jepsen
+JEPSEN_ARGS ?=
+
+.PHONY: jepsen jepsen-smoke jepsen-etcd jepsen-broken
+
+jepsen: images
+	@tests/jepsen/deps.sh
+	$(JEPSEN) run full $(JEPSEN_ARGS)
+
+jepsen-smoke: images
+	@tests/jepsen/deps.sh
+	$(JEPSEN) run smoke $(JEPSEN_ARGS)
+
+# The same suite against etcd 3.4 (Debian's etcd-server, FROM scratch image): the checkers'
+# fairness check.
+jepsen-etcd: deps
+	@tests/jepsen/deps.sh etcd
+	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(CARGO) build $(PROFILE) --bin jepsen
+	docker/build-etcd-image.sh
+	$(JEPSEN) run full --system etcd $(JEPSEN_ARGS)
+
+# rkube with the test-only RKUBE_TEST_UNSAFE_STALE_READS switch under partitions: passes only
+# if the register checker finds the stale reads.
+jepsen-broken: images
+	@tests/jepsen/deps.sh
+	$(JEPSEN) run broken $(JEPSEN_ARGS)

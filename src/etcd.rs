@@ -31,6 +31,9 @@ pub struct ApiLimits {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub quota_bytes: u64,
+    /// Test only (`RKUBE_TEST_UNSAFE_STALE_READS`): Range skips the read barrier, so
+    /// "linearizable" reads are served from possibly stale local state.
+    pub unsafe_stale_reads: bool,
 }
 
 /// What every handler shares.
@@ -108,6 +111,7 @@ pub fn status_of(e: &ConsensusError) -> Status {
         ConsensusError::NoLeader
         | ConsensusError::Timeout
         | ConsensusError::Stopped
+        | ConsensusError::LeaderChanged
         | ConsensusError::Forward { .. } => Status::unavailable(msg),
         ConsensusError::MemberNotFound | ConsensusError::LeaseNotFound => Status::not_found(msg),
         ConsensusError::PeerUrlExists

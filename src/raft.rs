@@ -74,6 +74,10 @@ pub enum ConsensusError {
     Forward { addr: String, reason: String },
     #[error("etcdserver: storage error: {0}")]
     Storage(String),
+    /// The leader a request was sent to lost its leadership (or was lost) before answering:
+    /// the request may or may not have been applied.
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
 }
 
 /// Work only the leader does, asked of it by any member.
@@ -361,7 +365,9 @@ impl RaftNode {
                     other => return other,
                 }
             }
-            match self.forward(&addr, &req).await {
+            match self.forward(leader, &addr, &req).await {
+                // A read index or lease query is safe to ask the next leader again.
+                Err(ConsensusError::LeaderChanged) if !matches!(req, LeaderRequest::Writes(_)) => continue,
                 Err(ConsensusError::NoLeader) => {
                     // The leader moved on since we looked; wait a moment for the next one.
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -373,8 +379,8 @@ impl RaftNode {
         Err(ConsensusError::NoLeader)
     }
 
-    async fn forward(&self, addr: &str, req: &LeaderRequest) -> Result<LeaderReply, ConsensusError> {
-        forward_to(&self.channels, addr, req).await
+    async fn forward(&self, leader: u64, addr: &str, req: &LeaderRequest) -> Result<LeaderReply, ConsensusError> {
+        forward_to(&self.raft, &self.channels, leader, addr, req).await
     }
 
     /// Does leader-only work locally. Answers NoLeader when this member is not (or no longer)
@@ -578,16 +584,42 @@ impl RaftNode {
 }
 
 /// Sends leader-only work to the leader at `addr`.
+/// Resolves once `leader` is no longer this member's idea of the leader in the term it had:
+/// the cluster has moved on (it died, was cut off, or stepped down).
+async fn leadership_lost(raft: &Raft<TypeConfig>, leader: u64) {
+    let mut rx = raft.metrics();
+    let term = rx.borrow().current_term;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            if m.current_leader != Some(leader) || m.current_term != term {
+                return;
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn forward_to(
+    raft: &Raft<TypeConfig>,
     channels: &network::PeerChannels,
+    leader: u64,
     addr: &str,
     req: &LeaderRequest,
 ) -> Result<LeaderReply, ConsensusError> {
     let fail = |reason: String| ConsensusError::Forward { addr: addr.to_string(), reason };
     let mut client = channels.client(addr).map_err(|e| fail(e.to_string()))?;
     let body = bincode::serialize(req).map_err(|e| fail(e.to_string()))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }))
-        .await
+    // A leader that dies or is cut off mid-request may never answer (its packets are simply
+    // dropped); stop waiting as soon as the cluster elects another, not at the timeout.
+    let call = tokio::time::timeout(Duration::from_secs(10), client.forward(RaftBody { body }));
+    let resp = tokio::select! {
+        r = call => r,
+        _ = leadership_lost(raft, leader) => return Err(ConsensusError::LeaderChanged),
+    };
+    let resp = resp
         .map_err(|_| ConsensusError::Timeout)?
         .map_err(|s| {
             // A leader that cannot be connected to received nothing: the request may safely go
@@ -612,15 +644,16 @@ async fn run_forwarder(
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let (cmds, replies) = gather(first, &mut rx);
-        let leader_addr = {
+        let leader = {
             let m = raft.metrics();
             let m = m.borrow();
-            m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).map(|n| n.peer_addr.clone()))
+            m.current_leader
+                .and_then(|l| m.membership_config.membership().get_node(&l).map(|n| (l, n.peer_addr.clone())))
         };
-        let channels = channels.clone();
+        let (channels, raft) = (channels.clone(), raft.clone());
         tokio::spawn(async move {
-            let result = match &leader_addr {
-                Some(addr) => forward_to(&channels, addr, &LeaderRequest::Writes(cmds)).await,
+            let result = match &leader {
+                Some((id, addr)) => forward_to(&raft, &channels, *id, addr, &LeaderRequest::Writes(cmds)).await,
                 None => Err(ConsensusError::NoLeader),
             };
             drop(slot);

@@ -89,6 +89,11 @@ pub struct ServerOpts {
     /// The range Services' ClusterIPs are allocated from.
     #[arg(long, env = "RKUBE_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
+    /// TEST ONLY, deliberately unsafe: linearizable reads skip the read index and serve this
+    /// member's local state, so they can be stale. It exists so that tests/jepsen can show its
+    /// register checker catching a broken build; never set it anywhere else.
+    #[arg(long, env = "RKUBE_TEST_UNSAFE_STALE_READS", hide = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub test_unsafe_stale_reads: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +292,7 @@ impl ServerOpts {
                 max_request_bytes: self.max_request_bytes,
                 max_txn_ops: self.max_txn_ops,
                 quota_bytes: self.quota_backend_bytes,
+                unsafe_stale_reads: self.test_unsafe_stale_reads,
             },
             auto_compaction,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
@@ -369,6 +375,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     });
     tokio::spawn(publish_member(node.clone(), cfg.name.clone(), cfg.advertise_api.clone(), shutdown.clone()));
     tokio::spawn(background(api.clone(), cfg.auto_compaction.clone(), shutdown.clone()));
+    if cfg.limits.unsafe_stale_reads {
+        tracing::warn!("RKUBE_TEST_UNSAFE_STALE_READS is set: linearizable reads may be stale (test only)");
+    }
     tracing::info!(
         id = cfg.id,
         name = %cfg.name,

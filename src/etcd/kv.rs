@@ -111,7 +111,7 @@ impl Kv for KvService {
     async fn range(&self, req: Request<epb::RangeRequest>) -> Result<Response<epb::RangeResponse>, Status> {
         let req = req.into_inner();
         check_key(&req.key)?;
-        if !req.serializable {
+        if !req.serializable && !self.api.limits.unsafe_stale_reads {
             self.api.node.read_barrier().await.map_err(|e| status_of(&e))?;
         }
         let store = self.api.store.clone();
