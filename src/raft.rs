@@ -619,17 +619,15 @@ async fn forward_to(
         r = call => r,
         _ = leadership_lost(raft, leader) => return Err(ConsensusError::LeaderChanged),
     };
-    let resp = resp
-        .map_err(|_| ConsensusError::Timeout)?
-        .map_err(|s| {
-            // A leader that cannot be connected to received nothing: the request may safely go
-            // to whichever member leads next. Any other failure is ambiguous and is reported.
-            if s.code() == tonic::Code::Unavailable && s.message().contains("connect") {
-                ConsensusError::NoLeader
-            } else {
-                fail(s.message().to_string())
-            }
-        })?;
+    let resp = resp.map_err(|_| ConsensusError::Timeout)?.map_err(|s| {
+        // A leader that cannot be connected to received nothing: the request may safely go
+        // to whichever member leads next. Any other failure is ambiguous and is reported.
+        if s.code() == tonic::Code::Unavailable && s.message().contains("connect") {
+            ConsensusError::NoLeader
+        } else {
+            fail(s.message().to_string())
+        }
+    })?;
     bincode::deserialize::<Result<LeaderReply, ConsensusError>>(&resp.into_inner().body)
         .map_err(|e| fail(e.to_string()))?
 }
