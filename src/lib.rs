@@ -10,14 +10,22 @@
 //! - [`apiserver`]: the `rkube.v1` services: every kind stored in the store, one generic registry.
 //! - [`client`]: the API client: typed access to every kind, failover across masters, fencing.
 //! - [`reconcile`]: informers, work queues, leader election with fencing: what control loops use.
+//! - [`controllers`]: the controller manager's loops (ReplicaSet, Deployment, GC, Endpoints, ...).
+//! - [`controlplane`]: the scheduler and controller manager as leader-elected components.
+//! - [`hollow`]: simulated kubelets (hollow nodes) for scale tests.
+//! - [`scheduler`]: binds pending pods to nodes; `plan` is a pure function of a snapshot.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
 pub mod api;
 pub mod apiserver;
 pub mod client;
+pub mod controllers;
+pub mod controlplane;
 pub mod etcd;
+pub mod hollow;
 pub mod pb;
 pub mod raft;
 pub mod reconcile;
+pub mod scheduler;
 pub mod server;
 pub mod store;

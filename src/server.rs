@@ -86,6 +86,11 @@ pub struct ServerOpts {
     /// Interval of watch progress notifications, in seconds.
     #[arg(long, env = "RKUBE_WATCH_PROGRESS_NOTIFY_INTERVAL", default_value_t = 600)]
     pub watch_progress_notify_interval: u64,
+    /// Run the scheduler and controller manager here (leader-elected among the masters).
+    #[arg(long, env = "RKUBE_CONTROL_PLANE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub control_plane: bool,
+    #[command(flatten)]
+    pub control: crate::controlplane::ControlPlaneOpts,
     /// The range Services' ClusterIPs are allocated from.
     #[arg(long, env = "RKUBE_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
@@ -124,6 +129,8 @@ pub enum ConfigError {
     BadRequestLimit,
     #[error("{0}")]
     BadServiceCidr(String),
+    #[error("{0}")]
+    BadControlPlane(String),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +160,7 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     pub progress_interval: Duration,
     pub objects: ApiConfig,
+    pub control_plane: Option<crate::controlplane::ControlPlaneConfig>,
 }
 
 fn parse_addr(flag: &'static str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -303,6 +311,11 @@ impl ServerOpts {
                 alloc: AllocConfig::with_service_cidr(&self.service_cidr).map_err(ConfigError::BadServiceCidr)?,
                 ..ApiConfig::default()
             },
+            control_plane: if self.control_plane {
+                Some(self.control.validate().map_err(ConfigError::BadControlPlane)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -373,6 +386,20 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         let (objects, shutdown) = (objects.clone(), shutdown.clone());
         async move { objects.bootstrap(shutdown).await }
     });
+    let mut control_tasks = Vec::new();
+    if let Some(cp) = &cfg.control_plane {
+        let endpoints = vec![cfg.advertise_api.clone()];
+        control_tasks.push(tokio::spawn(crate::controlplane::run_scheduler(
+            endpoints.clone(),
+            cp.clone(),
+            shutdown.clone(),
+        )));
+        control_tasks.push(tokio::spawn(crate::controlplane::run_controller_manager(
+            endpoints,
+            cp.clone(),
+            shutdown.clone(),
+        )));
+    }
     tokio::spawn(publish_member(node.clone(), cfg.name.clone(), cfg.advertise_api.clone(), shutdown.clone()));
     tokio::spawn(background(api.clone(), cfg.auto_compaction.clone(), shutdown.clone()));
     if cfg.limits.unsafe_stale_reads {
@@ -390,6 +417,10 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     shutdown.cancelled().await;
     tracing::info!("shutting down");
     let grace = Duration::from_secs(5);
+    // The control plane hands its leases over while the API still answers.
+    for t in control_tasks {
+        let _ = tokio::time::timeout(grace, t).await;
+    }
     let _ = tokio::time::timeout(grace, api_task).await;
     let _ = tokio::time::timeout(grace, peer_task).await;
     node.shutdown().await;

@@ -1,4 +1,6 @@
-//! The `rkube` binary: `rkube server` runs a master.
+//! The `rkube` binary: `rkube server` runs a master; `rkube dev` everything on one machine;
+//! `rkube scheduler` and `rkube controller-manager` one control-plane component alone;
+//! `rkube hollow-nodes` simulated nodes for scale tests.
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +22,43 @@ enum Command {
     /// Run everything on this machine in one process (today: a single-member store and its
     /// etcd-compatible API). Data persists in a per-user directory between runs.
     Dev(DevOpts),
+    /// Run the scheduler alone (leader-elected) against masters.
+    Scheduler(ComponentOpts),
+    /// Run the controller manager alone (leader-elected) against masters.
+    ControllerManager(ComponentOpts),
+    /// Register simulated nodes that run bound pods at once (like kubemark).
+    HollowNodes(HollowOpts),
+}
+
+#[derive(clap::Args)]
+struct ComponentOpts {
+    /// Masters' client API addresses, comma-separated.
+    #[arg(long, env = "RKUBE_SERVER", default_value = "127.0.0.1:6443")]
+    server: String,
+    #[command(flatten)]
+    control: rkube::controlplane::ControlPlaneOpts,
+}
+
+#[derive(clap::Args)]
+struct HollowOpts {
+    /// Masters' client API addresses, comma-separated.
+    #[arg(long, env = "RKUBE_SERVER", default_value = "127.0.0.1:6443")]
+    server: String,
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    count: usize,
+    /// Node names are <prefix>-<n>.
+    #[arg(long, default_value = "hollow")]
+    prefix: String,
+    /// Each node's cpu capacity.
+    #[arg(long, default_value = "4")]
+    cpu: String,
+    /// Each node's memory capacity.
+    #[arg(long, default_value = "16Gi")]
+    memory: String,
+    /// Seconds between node lease renewals.
+    #[arg(long, default_value_t = 10)]
+    lease_renew_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -73,6 +112,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (opts, dev) = match cli.command {
+        Command::Scheduler(c) => return run_component(c, true),
+        Command::ControllerManager(c) => return run_component(c, false),
+        Command::HollowNodes(h) => return run_hollow(h),
         Command::Server(opts) => (*opts, false),
         Command::Dev(dev) => match dev.into_server() {
             Ok(o) => (o, true),
@@ -106,6 +148,69 @@ fn main() -> std::process::ExitCode {
             signal.cancel();
         });
         match rkube::server::run(cfg, shutdown).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_component(c: ComponentOpts, scheduler: bool) -> std::process::ExitCode {
+    let cfg = match c.control.validate() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let endpoints = rkube::client::parse_servers(&c.server);
+    if endpoints.is_empty() {
+        eprintln!("error: --server names no master");
+        return std::process::ExitCode::from(2);
+    }
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        if scheduler {
+            rkube::controlplane::run_scheduler(endpoints, cfg, stop).await;
+        } else {
+            rkube::controlplane::run_controller_manager(endpoints, cfg, stop).await;
+        }
+    });
+    std::process::ExitCode::SUCCESS
+}
+
+fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
+    let client = match rkube::client::Client::from_list(&h.server) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let cfg = rkube::hollow::HollowConfig {
+        count: h.count,
+        prefix: h.prefix,
+        cpu: h.cpu,
+        memory: h.memory,
+        lease_renew: std::time::Duration::from_secs(h.lease_renew_seconds.max(1)),
+    };
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        match rkube::hollow::run(client, cfg, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
