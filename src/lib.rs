@@ -9,6 +9,7 @@
 //! - [`api`]: the object model (Pod, Deployment, ...): defaulting, validation, selectors.
 //! - [`apiserver`]: the `rkube.v1` services: every kind stored in the store, one generic registry.
 //! - [`client`]: the API client: typed access to every kind, failover across masters, fencing.
+//! - [`rkctl`]: rkctl's pure parts: manifests, kubectl's tables and pod status, output formats.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
 pub mod api;
@@ -17,5 +18,6 @@ pub mod client;
 pub mod etcd;
 pub mod pb;
 pub mod raft;
+pub mod rkctl;
 pub mod server;
 pub mod store;
