@@ -14,6 +14,7 @@
 //! - [`controlplane`]: the scheduler and controller manager as leader-elected components.
 //! - [`hollow`]: simulated kubelets (hollow nodes) for scale tests.
 //! - [`scheduler`]: binds pending pods to nodes; `plan` is a pure function of a snapshot.
+//! - [`rkctl`]: rkctl's pure parts: manifests, kubectl's tables and pod status, output formats.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
 pub mod api;
@@ -27,5 +28,6 @@ pub mod pb;
 pub mod raft;
 pub mod reconcile;
 pub mod scheduler;
+pub mod rkctl;
 pub mod server;
 pub mod store;

@@ -138,6 +138,7 @@ fn main() -> std::process::ExitCode {
             cfg.listen_api,
             cfg.listen_api
         );
+        write_rkctl_config(&cfg.listen_api.to_string());
     }
     let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
     rt.block_on(async {
@@ -218,6 +219,21 @@ fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
             }
         }
     })
+}
+
+/// Points plain `rkctl` at this dev server (rkctl's config file) and says how to use it.
+fn write_rkctl_config(listen_api: &str) {
+    use rkube::rkctl::config;
+    match config::default_path() {
+        Some(path) => match config::write(&path, listen_api) {
+            Ok(()) => eprintln!(
+                "  rkctl: {} points plain `rkctl` here; try `rkctl get ns`, `rkctl run web --image=httpd`, `rkctl get pods`",
+                path.display()
+            ),
+            Err(e) => eprintln!("  rkctl: {e}; use `rkctl --server {}`", config::client_address(listen_api)),
+        },
+        None => eprintln!("  rkctl: use `rkctl --server {}`", config::client_address(listen_api)),
+    }
 }
 
 async fn wait_for_signal() {
