@@ -14,12 +14,22 @@
 //! - [`image`]: references, pull policy, the content-addressed store, registry pulls, imports.
 //! - [`network`], [`ipam`]: netns + veth on bridge `rkube0`, host-local IP allocation, masquerade.
 //! - [`logs`]: CRI-format log files with size-based rotation, and their reader (tail, follow).
-//! - [`cli`]: `rkube image import|ls|pull`.
 
+mod engine;
 pub mod image;
 pub mod ipam;
 pub mod logs;
+pub mod network;
+mod process;
+mod runc;
+pub mod runtime;
+pub mod shim;
 
 pub use image::{Image, ImageConfig, ImageError, ImageRef, ImageStore, PullPolicy, RegistryConfig};
 pub use ipam::Ipv4Net;
 pub use logs::{LogLine, RotationPolicy, Stream};
+pub use network::NetworkConfig;
+pub use runtime::{
+    build_runtime, ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeConfig, RuntimeError, RuntimeKind,
+    Sandbox, SandboxConfig, SandboxStatus,
+};

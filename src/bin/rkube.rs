@@ -1,4 +1,4 @@
-//! The `rkube` binary: `rkube server` runs a master.
+//! The `rkube` binary: `rkube server` runs a master; `rkube shim` supervises one container.
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,9 @@ enum Command {
     /// Run everything on this machine in one process (today: a single-member store and its
     /// etcd-compatible API). Data persists in a per-user directory between runs.
     Dev(DevOpts),
+    /// Supervise one container (started by the kubelet's runtime, not by hand).
+    #[command(hide = true)]
+    Shim { dir: std::path::PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -73,6 +76,8 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (opts, dev) = match cli.command {
+        // Before any thread exists: the shim forks.
+        Command::Shim { dir } => return rkube::kubelet::shim::main(&dir),
         Command::Server(opts) => (*opts, false),
         Command::Dev(dev) => match dev.into_server() {
             Ok(o) => (o, true),
