@@ -14,7 +14,9 @@
 //! - [`image`]: references, pull policy, the content-addressed store, registry pulls, imports.
 //! - [`network`], [`ipam`]: netns + veth on bridge `rkube0`, host-local IP allocation, masquerade.
 //! - [`logs`]: CRI-format log files with size-based rotation, and their reader (tail, follow).
+//! - [`cli`]: `rkube image import|ls|pull`.
 
+pub mod cli;
 mod engine;
 pub mod image;
 pub mod ipam;

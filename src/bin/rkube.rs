@@ -1,4 +1,4 @@
-//! The `rkube` binary: `rkube server` runs a master; `rkube shim` supervises one container.
+//! The `rkube` binary: `rkube server` runs a master; `rkube image` manages a node's images.
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,8 @@ enum Command {
     /// Run everything on this machine in one process (today: a single-member store and its
     /// etcd-compatible API). Data persists in a per-user directory between runs.
     Dev(DevOpts),
+    /// Manage this node's image store: import, ls, pull.
+    Image(rkube::kubelet::cli::ImageOpts),
     /// Supervise one container (started by the kubelet's runtime, not by hand).
     #[command(hide = true)]
     Shim { dir: std::path::PathBuf },
@@ -78,6 +80,7 @@ fn main() -> std::process::ExitCode {
     let (opts, dev) = match cli.command {
         // Before any thread exists: the shim forks.
         Command::Shim { dir } => return rkube::kubelet::shim::main(&dir),
+        Command::Image(opts) => return run_image(opts),
         Command::Server(opts) => (*opts, false),
         Command::Dev(dev) => match dev.into_server() {
             Ok(o) => (o, true),
@@ -118,6 +121,17 @@ fn main() -> std::process::ExitCode {
             }
         }
     })
+}
+
+fn run_image(opts: rkube::kubelet::cli::ImageOpts) -> std::process::ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    match rt.block_on(rkube::kubelet::cli::run_image(opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
 }
 
 async fn wait_for_signal() {
