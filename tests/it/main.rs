@@ -6,5 +6,6 @@ mod harness;
 mod bad_input;
 mod cluster;
 mod etcdctl;
+mod kubelet_runtime;
 mod kv;
 mod rkctl;
