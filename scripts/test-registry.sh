@@ -5,6 +5,10 @@
 #   scripts/test-registry.sh start DIR   # prints the registry's port on stdout
 #   scripts/test-registry.sh stop DIR
 #
+# With TEST_REGISTRY_CREDS=USER:PASSWORD in the environment (not REGISTRY_*: docker-registry reads
+# those as configuration) the registry requires basic auth
+# (htpasswd, from apache2-utils).
+#
 # `start` builds two images in an OCI layout under DIR/oci, from busybox-static:
 #   library/httpd:latest    entrypoint `/bin/busybox httpd -f -v -p 80 -h /www` (serves
 #                           /www/index.html, "hello from rkube")
@@ -96,6 +100,18 @@ build_images() {
 
 start() {
   need docker-registry skopeo busybox python3 curl sha256sum gzip tar
+  local auth_config="" creds=() curl_auth=()
+  mkdir -p "$dir"
+  if [ -n "${TEST_REGISTRY_CREDS:-}" ]; then
+    need htpasswd
+    htpasswd -Bbn "${TEST_REGISTRY_CREDS%%:*}" "${TEST_REGISTRY_CREDS#*:}" >"$dir/htpasswd"
+    auth_config="auth:
+  htpasswd:
+    realm: rkube-test
+    path: $dir/htpasswd"
+    creds=(--dest-creds "$TEST_REGISTRY_CREDS")
+    curl_auth=(-u "$TEST_REGISTRY_CREDS")
+  fi
   stop
   mkdir -p "$dir/data" "$dir/archives"
   build_images
@@ -112,16 +128,17 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:$port
+$auth_config
 EOF
   setsid docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 </dev/null &
   echo $! >"$dir/registry.pid"
   for _ in $(seq 100); do
-    curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
+    curl -fsS "${curl_auth[@]}" "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
     sleep 0.1
   done
-  curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null || { echo "test-registry: registry did not start:" >&2; cat "$dir/registry.log" >&2; stop; exit 1; }
+  curl -fsS "${curl_auth[@]}" "http://127.0.0.1:$port/v2/" >/dev/null || { echo "test-registry: registry did not start:" >&2; cat "$dir/registry.log" >&2; stop; exit 1; }
   for image in httpd busybox; do
-    skopeo --insecure-policy copy -q --dest-tls-verify=false \
+    skopeo --insecure-policy copy -q --dest-tls-verify=false "${creds[@]}" \
       "oci:$dir/oci:$image" "docker://127.0.0.1:$port/library/$image:latest" >&2
   done
   skopeo --insecure-policy copy -q "oci:$dir/oci:httpd" "oci-archive:$dir/archives/httpd-oci.tar:httpd" >&2

@@ -29,7 +29,7 @@ pub mod shim;
 
 pub use image::{Image, ImageConfig, ImageError, ImageRef, ImageStore, PullPolicy, RegistryConfig};
 pub use ipam::Ipv4Net;
-pub use logs::{LogLine, RotationPolicy, Stream};
+pub use logs::{pod_log_path, LogLine, RotationPolicy, Stream};
 pub use network::NetworkConfig;
 pub use runtime::{
     build_runtime, ContainerConfig, ContainerState, ContainerStatus, Runtime, RuntimeConfig, RuntimeError, RuntimeKind,

@@ -12,6 +12,13 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
+/// Where the kubelet keeps a container attempt's log, as Kubernetes lays it out:
+/// `ROOT/<namespace>_<pod>_<uid>/<container>/<attempt>.log` (ROOT is `/var/log/pods` on a node).
+/// The previous attempt's log (`kubectl logs --previous`) is the same path with `attempt - 1`.
+pub fn pod_log_path(root: &Path, namespace: &str, pod: &str, uid: &str, container: &str, attempt: u32) -> PathBuf {
+    root.join(format!("{namespace}_{pod}_{uid}")).join(container).join(format!("{attempt}.log"))
+}
+
 /// The longest piece written as one record; longer lines are split into `P` records.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// How many parsed lines a follower buffers before waiting for its reader.
@@ -319,6 +326,12 @@ mod tests {
 
     fn text(lines: &[LogLine]) -> Vec<String> {
         lines.iter().map(|l| String::from_utf8_lossy(&l.content).into_owned()).collect()
+    }
+
+    #[test]
+    fn pod_logs_are_laid_out_like_kubernetes() {
+        let p = pod_log_path(Path::new("/var/log/pods"), "default", "web", "u1", "httpd", 2);
+        assert_eq!(p, Path::new("/var/log/pods/default_web_u1/httpd/2.log"));
     }
 
     #[test]

@@ -38,19 +38,24 @@ impl Registry {
         if let Some(r) = slot.upgrade() {
             return r;
         }
-        ensure_tools();
-        let dir = tempfile::tempdir().expect("registry tempdir");
-        let out = std::process::Command::new(SCRIPT)
-            .arg("start")
-            .arg(dir.path())
-            .stderr(std::process::Stdio::inherit())
-            .output()
-            .expect("running scripts/test-registry.sh");
-        assert!(out.status.success(), "scripts/test-registry.sh start failed");
-        let port = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the script prints the port");
-        let r = Arc::new(Registry { dir, port });
+        let r = Arc::new(Registry::start(None));
         *slot = Arc::downgrade(&r);
         r
+    }
+
+    /// A registry of its own; with `creds` (USER:PASSWORD) it requires basic auth.
+    pub fn start(creds: Option<&str>) -> Registry {
+        ensure_tools();
+        let dir = tempfile::tempdir().expect("registry tempdir");
+        let mut cmd = std::process::Command::new(SCRIPT);
+        cmd.arg("start").arg(dir.path()).stderr(std::process::Stdio::inherit());
+        if let Some(c) = creds {
+            cmd.env("TEST_REGISTRY_CREDS", c);
+        }
+        let out = cmd.output().expect("running scripts/test-registry.sh");
+        assert!(out.status.success(), "scripts/test-registry.sh start failed");
+        let port = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the script prints the port");
+        Registry { dir, port }
     }
 
     pub fn host(&self) -> String {
@@ -75,7 +80,7 @@ impl Drop for Registry {
 
 /// Installs the test tools if any is missing (CI runs as root on a fresh machine).
 fn ensure_tools() {
-    let missing: Vec<&str> = ["runc", "busybox", "docker-registry", "skopeo", "ip", "iptables", "curl"]
+    let missing: Vec<&str> = ["runc", "busybox", "docker-registry", "skopeo", "htpasswd", "ip", "iptables", "curl"]
         .into_iter()
         .filter(|t| {
             !std::process::Command::new("sh")
@@ -416,6 +421,46 @@ async fn missing_images_fail_with_a_clear_error() {
     let again = store.ensure(&httpd, PullPolicy::Never).await.expect("local");
     assert_eq!(pulled.id, again.id);
     assert!(pulled.rootfs.join("bin/busybox").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_basic_auth_is_required_and_honoured() {
+    let registry = Registry::start(Some("alice:s3cret"));
+    let image = ImageRef::parse(&format!("{}/library/busybox", registry.host())).expect("ref");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = RegistryConfig { insecure: vec![registry.host()], ..Default::default() };
+    let anonymous = ImageStore::open(&dir.path().join("a"), cfg.clone()).expect("store");
+    let err = anonymous.pull(&image).await.expect_err("anonymous pull");
+    assert!(matches!(err, ImageError::Unauthorized { .. }), "{err:?}");
+    assert!(err.to_string().contains("no credentials are configured"), "{err}");
+    let creds = |p: &str| rkube::kubelet::image::Credentials { username: "alice".into(), password: p.into() };
+    cfg.credentials.insert(registry.host(), creds("wrong"));
+    let wrong = ImageStore::open(&dir.path().join("w"), cfg.clone()).expect("store");
+    let err = wrong.pull(&image).await.expect_err("wrong password");
+    assert!(err.to_string().contains("credentials were refused"), "{err}");
+    cfg.credentials.insert(registry.host(), creds("s3cret"));
+    let ok = ImageStore::open(&dir.path().join("ok"), cfg).expect("store");
+    let pulled = ok.pull(&image).await.expect("pull with credentials");
+    assert!(pulled.rootfs.join("bin/sh").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_picks_runc_as_root_and_process_is_always_there() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auto = Node::runtime(RuntimeKind::Auto, dir.path(), None).await;
+    assert_eq!(auto.name(), "runc");
+    assert!(auto.version().starts_with("runc 1."), "{}", auto.version());
+    let process = Node::runtime(RuntimeKind::Process, dir.path(), None).await;
+    assert_eq!((process.name(), process.version().as_str()), ("process", "process (no isolation)"));
+    // Without a pod network, runc still runs hostNetwork pods and refuses the others clearly.
+    let cfg = SandboxConfig { uid: "u".into(), name: "p".into(), namespace: "default".into(), host_network: false };
+    let err = auto.run_sandbox(&cfg).await.expect_err("no pod network");
+    assert!(err.to_string().contains("no pod network configured"), "{err}");
+    assert!(auto.list().await.expect("list").is_empty(), "a failed sandbox leaves no record");
+    let host = auto.run_sandbox(&SandboxConfig { host_network: true, ..cfg }).await.expect("host network");
+    assert_eq!((host.ip, host.netns), (None, None));
+    auto.remove_sandbox(&host.id).await.expect("remove");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
