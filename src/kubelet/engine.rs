@@ -75,7 +75,7 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RuntimeError
     move |source| RuntimeError::Io { path, source }
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, RuntimeError> {
     match std::fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -458,7 +458,7 @@ mod tests {
     }
 
     fn started() -> Started {
-        Started { pid: 42, shim_pid: 41, shim_start_ticks: 1, started_at: SystemTime::UNIX_EPOCH }
+        Started { pid: 42, pid_start_ticks: 2, shim_pid: 41, shim_start_ticks: 1, started_at: SystemTime::UNIX_EPOCH }
     }
 
     fn exited(code: i32, signal: Option<i32>, oom: bool) -> Exited {

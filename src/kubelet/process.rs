@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
-use super::engine::{Backend, ContainerRecord};
+use super::engine::{read_json, Backend, ContainerRecord};
 use super::image::Image;
 use super::logs::RotationPolicy;
 use super::runtime::{merge_env, resolve_argv, RuntimeError, Sandbox, SandboxConfig};
-use super::shim::{ShimMode, ShimSpec, Started};
+use super::shim::{proc_start_ticks, ShimMode, ShimSpec, Started, STARTED_FILE};
 
 pub(crate) struct Process;
 
@@ -79,7 +79,15 @@ impl Backend for Process {
         }
     }
 
-    async fn cleanup(&self, _dir: &Path, _record: &ContainerRecord) -> Result<(), RuntimeError> {
+    async fn cleanup(&self, dir: &Path, _record: &ContainerRecord) -> Result<(), RuntimeError> {
+        // A process whose shim died (killed, or the node's init reaped it) is not supervised
+        // any more: kill its group here, if it is still the process we started.
+        if let Some(started) = read_json::<Started>(&dir.join(STARTED_FILE))? {
+            if started.pid_start_ticks != 0 && proc_start_ticks(started.pid) == Some(started.pid_start_ticks) {
+                tracing::warn!(pid = started.pid, "killing a container process whose supervisor is gone");
+                let _ = nix::sys::signal::killpg(Pid::from_raw(started.pid as i32), Signal::SIGKILL);
+            }
+        }
         Ok(())
     }
 }

@@ -54,6 +54,9 @@ pub enum ShimMode {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Started {
     pub pid: u32,
+    /// The process's start time in clock ticks since boot (0 if unknown).
+    #[serde(default)]
+    pub pid_start_ticks: u64,
     pub shim_pid: u32,
     /// The shim's start time in clock ticks since boot (tells it from a reused pid).
     pub shim_start_ticks: u64,
@@ -213,6 +216,7 @@ fn supervise(dir: &Path, spec: ShimSpec, mut sync: std::io::PipeWriter) {
     };
     let started = Started {
         pid,
+        pid_start_ticks: proc_start_ticks(pid).unwrap_or(0),
         shim_pid: std::process::id(),
         shim_start_ticks: proc_start_ticks(std::process::id()).unwrap_or(0),
         started_at: SystemTime::now(),

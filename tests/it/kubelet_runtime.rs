@@ -594,6 +594,42 @@ async fn a_new_runtime_adopts_running_containers(kind: RuntimeKind) {
     node.assert_no_leaks(&[sandbox.id], &[(id, before.pid)]);
 }
 
+async fn a_container_whose_shim_died_is_unknown_and_removal_kills_it(kind: RuntimeKind) {
+    let node = Node::new(kind).await;
+    let sandbox = node.sandbox("orphan").await;
+    let id = node.run(&sandbox.id, "loop", "busybox", &["sh", "-c", "while true; do sleep 0.2; done"]).await;
+    let pid = node.runtime.container_status(&id).await.expect("status").pid.expect("pid");
+    let started: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(node.state().join("containers").join(&id).join("started.json")).expect("started.json"),
+    )
+    .expect("json");
+    let shim = started["shim_pid"].as_i64().expect("shim pid") as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), Signal::SIGKILL).expect("kill the shim");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = node.runtime.container_status(&id).await.expect("status");
+        if s.state == ContainerState::Unknown {
+            assert!(s.message.as_deref().is_some_and(|m| m.contains("supervisor")), "{s:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {:?} after its shim was killed", s.state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the container outlives its shim");
+    node.remove_all().await;
+    node.assert_no_leaks(&[sandbox.id], &[(id, Some(pid))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_container_whose_shim_died_is_unknown_and_removal_kills_it() {
+    a_container_whose_shim_died_is_unknown_and_removal_kills_it(RuntimeKind::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_container_whose_shim_died_is_unknown_and_removal_kills_it() {
+    a_container_whose_shim_died_is_unknown_and_removal_kills_it(RuntimeKind::Process).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runc_stop_honours_sigterm_and_the_grace_period() {
     stop_honours_sigterm_and_the_grace_period(RuntimeKind::Runc).await;
