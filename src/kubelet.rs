@@ -14,8 +14,10 @@
 //! - [`image`]: references, pull policy, the content-addressed store, registry pulls, imports.
 //! - [`network`], [`ipam`]: netns + veth on bridge `rkube0`, host-local IP allocation, masquerade.
 //! - [`logs`]: CRI-format log files with size-based rotation, and their reader (tail, follow).
+//! - [`backoff`]: CrashLoopBackOff / ImagePullBackOff delays (10 s doubling to 5 min).
 //! - [`cli`]: `rkube image import|ls|pull`.
 
+pub mod backoff;
 pub mod cli;
 mod engine;
 pub mod image;
@@ -27,6 +29,7 @@ mod runc;
 pub mod runtime;
 pub mod shim;
 
+pub use backoff::BackoffPolicy;
 pub use image::{Image, ImageConfig, ImageError, ImageRef, ImageStore, PullPolicy, RegistryConfig};
 pub use ipam::Ipv4Net;
 pub use logs::{pod_log_path, LogLine, RotationPolicy, Stream};
