@@ -491,7 +491,9 @@ impl ImageStore {
                 std::fs::rename(&tmp2, &rootfs2).map_err(io_err(&rootfs2))
             })
             .await
-            .expect("the unpack task does not panic");
+            .unwrap_or_else(|e| {
+                Err(ImageError::Malformed { what: "image layers".into(), reason: format!("unpacking failed: {e}") })
+            });
             if let Err(e) = res {
                 let _ = std::fs::remove_dir_all(&tmp);
                 return Err(e);

@@ -18,8 +18,9 @@ const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub async fn import(store: &ImageStore, file: &Path, extra_name: Option<&ImageRef>) -> Result<Vec<Image>, ImageError> {
     let dir = store.temp_path("import");
     let (file2, dir2) = (file.to_path_buf(), dir.clone());
-    let extracted =
-        tokio::task::spawn_blocking(move || extract(&file2, &dir2)).await.expect("the extract task does not panic");
+    let extracted = tokio::task::spawn_blocking(move || extract(&file2, &dir2)).await.unwrap_or_else(|e| {
+        Err(ImageError::Malformed { what: "archive".into(), reason: format!("extracting failed: {e}") })
+    });
     let res = match extracted {
         Ok(()) => import_dir(store, &dir, extra_name).await,
         Err(e) => Err(e),
