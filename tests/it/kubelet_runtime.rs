@@ -460,7 +460,38 @@ async fn auto_picks_runc_as_root_and_process_is_always_there() {
     assert!(auto.list().await.expect("list").is_empty(), "a failed sandbox leaves no record");
     let host = auto.run_sandbox(&SandboxConfig { host_network: true, ..cfg }).await.expect("host network");
     assert_eq!((host.ip, host.netns), (None, None));
+    // A hostNetwork container sees the node's interfaces and hostname.
+    let registry = Registry::get();
+    let images = ImageStore::open(&dir.path().join("images"), registry.config()).expect("store");
+    let image = images.ensure(&ImageRef::parse("busybox").expect("ref"), PullPolicy::IfNotPresent).await.expect("pull");
+    let log = dir.path().join("hostnet.log");
+    let c = ContainerConfig {
+        name: "hostnet".into(),
+        image: "busybox".into(),
+        command: vec!["sh".into(), "-c".into(), "hostname; ip -o link".into()],
+        log_path: log.clone(),
+        ..Default::default()
+    };
+    let id = auto.create_container(&host.id, &c, &image).await.expect("create");
+    auto.start_container(&id).await.expect("start");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while auto.container_status(&id).await.expect("status").state != ContainerState::Exited {
+        assert!(Instant::now() < deadline, "the hostNetwork container did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = log_text(&log);
+    let node_name = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname").trim().to_string();
+    assert!(out.lines().next() == Some(node_name.as_str()), "hostname in the container: {out}");
+    let host_links = std::process::Command::new("ip").args(["-o", "link"]).output().expect("ip link").stdout;
+    let first_host_link = String::from_utf8_lossy(&host_links)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split(':').nth(1))
+        .map(|n| n.trim().to_string())
+        .expect("a second host interface");
+    assert!(out.contains(&first_host_link), "host interface {first_host_link} not seen: {out}");
     auto.remove_sandbox(&host.id).await.expect("remove");
+    assert!(auto.list().await.expect("list").is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
