@@ -6,7 +6,7 @@ set -euo pipefail
 want=(libclang-dev clang)
 case "${1:-build}" in
   build) ;;
-  test) want+=(etcd-client) ;;
+  test) want+=(etcd-client runc busybox-static docker-registry skopeo apache2-utils iproute2 iptables curl) ;;
   bench) want+=(etcd-client etcd-server) ;;
   *) echo "usage: $0 [build|test|bench]" >&2; exit 2 ;;
 esac

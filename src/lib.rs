@@ -15,6 +15,7 @@
 //! - [`hollow`]: simulated kubelets (hollow nodes) for scale tests.
 //! - [`scheduler`]: binds pending pods to nodes; `plan` is a pure function of a snapshot.
 //! - [`rkctl`]: rkctl's pure parts: manifests, kubectl's tables and pod status, output formats.
+//! - [`kubelet`]: the node-local kubelet: runtimes (runc, process), images, pod network, logs.
 //! - [`server`]: `rkube server`: configuration, start-up and shutdown of a master.
 
 pub mod api;
@@ -24,10 +25,11 @@ pub mod controllers;
 pub mod controlplane;
 pub mod etcd;
 pub mod hollow;
+pub mod kubelet;
 pub mod pb;
 pub mod raft;
 pub mod reconcile;
-pub mod scheduler;
 pub mod rkctl;
+pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -1,6 +1,6 @@
 //! The `rkube` binary: `rkube server` runs a master; `rkube dev` everything on one machine;
 //! `rkube scheduler` and `rkube controller-manager` one control-plane component alone;
-//! `rkube hollow-nodes` simulated nodes for scale tests.
+//! `rkube hollow-nodes` simulated nodes for scale tests; `rkube image` manages a node's images.
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -28,6 +28,11 @@ enum Command {
     ControllerManager(ComponentOpts),
     /// Register simulated nodes that run bound pods at once (like kubemark).
     HollowNodes(HollowOpts),
+    /// Manage this node's image store: import, ls, pull.
+    Image(rkube::kubelet::cli::ImageOpts),
+    /// Supervise one container (started by the kubelet's runtime, not by hand).
+    #[command(hide = true)]
+    Shim { dir: std::path::PathBuf },
 }
 
 #[derive(clap::Args)]
@@ -112,6 +117,9 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let (opts, dev) = match cli.command {
+        // Before any thread exists: the shim forks.
+        Command::Shim { dir } => return rkube::kubelet::shim::main(&dir),
+        Command::Image(opts) => return run_image(opts),
         Command::Scheduler(c) => return run_component(c, true),
         Command::ControllerManager(c) => return run_component(c, false),
         Command::HollowNodes(h) => return run_hollow(h),
@@ -233,6 +241,17 @@ fn write_rkctl_config(listen_api: &str) {
             Err(e) => eprintln!("  rkctl: {e}; use `rkctl --server {}`", config::client_address(listen_api)),
         },
         None => eprintln!("  rkctl: use `rkctl --server {}`", config::client_address(listen_api)),
+    }
+}
+
+fn run_image(opts: rkube::kubelet::cli::ImageOpts) -> std::process::ExitCode {
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    match rt.block_on(rkube::kubelet::cli::run_image(opts)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
     }
 }
 
