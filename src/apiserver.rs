@@ -94,11 +94,16 @@ impl Default for ApiConfig {
     }
 }
 
+/// A check every write passes first: the store's space quota (etcd's NOSPACE alarm), which
+/// the etcd-compatible API owns; the server wires it in.
+pub type WriteGate = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), ApiError>> + Send + Sync>;
+
 /// The shared state of every rkube.v1 service on one master.
 pub struct ApiServer {
     node: Arc<RaftNode>,
     store: Arc<Store>,
     cfg: ApiConfig,
+    gate: Option<WriteGate>,
 }
 
 /// Keys read from the store per List page when selectors filter results.
@@ -108,9 +113,9 @@ const LIST_BATCH: i64 = 500;
 const WRITE_RETRIES: usize = 16;
 
 impl ApiServer {
-    pub fn new(node: Arc<RaftNode>, cfg: ApiConfig) -> Arc<Self> {
+    pub fn new(node: Arc<RaftNode>, cfg: ApiConfig, gate: Option<WriteGate>) -> Arc<Self> {
         let store = node.store().clone();
-        Arc::new(ApiServer { node, store, cfg })
+        Arc::new(ApiServer { node, store, cfg, gate })
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -147,7 +152,7 @@ impl ApiServer {
     /// one list reads at the same revision.
     pub async fn list<K: Kind>(&self, opts: &ListOptions) -> Result<(Vec<K>, ListMeta), ApiError> {
         check_fields::<K>(&opts.fields)?;
-        let ns = scope::<K>(&opts.namespace);
+        let ns = list_scope::<K>(&opts.namespace);
         let prefix = api::prefix_of(K::RESOURCE, &ns);
         let range_end = prefix_end(&prefix);
         let (mut rev, mut start) = (0i64, prefix.clone());
@@ -223,6 +228,9 @@ impl ApiServer {
     // ---- writing ----
 
     async fn txn(&self, req: epb::TxnRequest) -> Result<epb::TxnResponse, ApiError> {
+        if let Some(gate) = &self.gate {
+            gate().await?;
+        }
         match self.node.write(Command::Txn(req)).await.map_err(ApiError::from_consensus)? {
             Response::Txn(r) => Ok(r),
             Response::Error(e) => Err(ApiError::from_apply(e)),
@@ -706,6 +714,16 @@ pub struct SideRecord {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
     pub exclusive: bool,
+}
+
+/// The namespaces a List or Watch covers: empty means every namespace (none for
+/// cluster-scoped kinds).
+fn list_scope<K: Object>(namespace: &str) -> String {
+    if K::NAMESPACED {
+        namespace.to_string()
+    } else {
+        String::new()
+    }
 }
 
 /// The namespace a request addresses: none for cluster-scoped kinds.

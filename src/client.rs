@@ -133,7 +133,7 @@ pub fn parse_servers(list: &str) -> Vec<String> {
 
 impl Client {
     /// A client for these masters. Connections are made on first use, so this fails only on
-    /// malformed addresses.
+    /// malformed addresses. Call it inside a tokio runtime.
     pub fn new(servers: &[String]) -> Result<Client, ClientError> {
         if servers.is_empty() {
             return Err(ClientError::Local("no server given".into()));

@@ -379,7 +379,16 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     let peer_task = tokio::spawn(peer_server);
 
     let api = Api::new(node.clone(), cluster_id, cfg.limits.clone());
-    let objects = ApiServer::new(node.clone(), cfg.objects.clone());
+    let gate: crate::apiserver::WriteGate = {
+        let api = api.clone();
+        Arc::new(move || {
+            let api = api.clone();
+            Box::pin(async move {
+                api.check_quota().await.map_err(|s| crate::apiserver::ApiError::NoSpace(s.message().to_string()))
+            })
+        })
+    };
+    let objects = ApiServer::new(node.clone(), cfg.objects.clone(), Some(gate));
     let api_task =
         tokio::spawn(serve_api(api.clone(), objects.clone(), api_listener, cfg.progress_interval, shutdown.clone()));
     tokio::spawn({

@@ -186,11 +186,9 @@ impl Defaults for Service {
 }
 
 impl Defaults for Namespace {
+    // The `kubernetes` finalizer is set on create only (apiserver hooks): the namespace
+    // controller removes it when the namespace is empty, and defaulting must not put it back.
     fn apply_defaults(&mut self) {
-        let spec = self.spec.get_or_insert_with(Default::default);
-        if spec.finalizers.is_empty() {
-            spec.finalizers.push("kubernetes".into());
-        }
         let status = self.status.get_or_insert_with(Default::default);
         if status.phase.is_empty() {
             status.phase = "Active".into();

@@ -30,6 +30,9 @@ pub enum ApiError {
     Expired(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The store is out of space (etcd's NOSPACE alarm).
+    #[error("{0}")]
+    NoSpace(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -65,7 +68,7 @@ impl ApiError {
             ApplyError::FutureRevision => {
                 ApiError::Unavailable("Too large resource version: the store has not reached it yet".into())
             }
-            ApplyError::NoSpace => ApiError::Unavailable(e.to_string()),
+            ApplyError::NoSpace => ApiError::NoSpace(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -82,6 +85,7 @@ impl ApiError {
             ApiError::Fenced(_) => "Fenced",
             ApiError::Expired(_) => "Expired",
             ApiError::Unavailable(_) => "ServiceUnavailable",
+            ApiError::NoSpace(_) => "InsufficientStorage",
             ApiError::Internal(_) => "InternalError",
         }
     }
@@ -106,6 +110,7 @@ impl From<ApiError> for Status {
             ApiError::Forbidden(_) | ApiError::Fenced(_) => Code::FailedPrecondition,
             ApiError::Expired(_) => Code::OutOfRange,
             ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::NoSpace(_) => Code::ResourceExhausted,
             ApiError::Internal(_) => Code::Internal,
         };
         if let ApiError::Internal(detail) = &e {

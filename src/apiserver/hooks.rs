@@ -143,6 +143,10 @@ impl Kind for Pod {
 impl Kind for Namespace {
     fn prepare_create(&mut self) {
         self.status = Some(NamespaceStatus { phase: "Active".into() });
+        let spec = self.spec.get_or_insert_with(Default::default);
+        if spec.finalizers.is_empty() {
+            spec.finalizers.push("kubernetes".into());
+        }
     }
 
     fn mark_terminating(&mut self) {

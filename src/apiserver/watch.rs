@@ -33,7 +33,7 @@ impl ApiServer {
 
     async fn run_watch<K: Kind>(&self, opts: &ListOptions, bookmarks: bool, tx: &Sender<K>) -> Result<(), ApiError> {
         super::check_fields::<K>(&opts.fields)?;
-        let ns = super::scope::<K>(&opts.namespace);
+        let ns = super::list_scope::<K>(&opts.namespace);
         let prefix = api::prefix_of(K::RESOURCE, &ns);
         let mut from = if opts.resource_version.is_empty() || opts.resource_version == "0" {
             // Start with the current state as ADDED events, then follow from there.

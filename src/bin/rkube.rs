@@ -197,13 +197,6 @@ fn run_component(c: ComponentOpts, scheduler: bool) -> std::process::ExitCode {
 }
 
 fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
-    let client = match rkube::client::Client::from_list(&h.server) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
     let cfg = rkube::hollow::HollowConfig {
         count: h.count,
         prefix: h.prefix,
@@ -213,6 +206,13 @@ fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
     };
     let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
     rt.block_on(async {
+        let client = match rkube::client::Client::from_list(&h.server) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         let stop = CancellationToken::new();
         let signal = stop.clone();
         tokio::spawn(async move {

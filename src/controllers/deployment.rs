@@ -81,9 +81,18 @@ pub struct Step {
 }
 
 /// The rolling update as a pure function: from the desired replicas, the limits, the new
-/// ReplicaSet's (spec, available) and the old ones' (spec, available), oldest first.
-pub fn rolling_step(replicas: i32, surge: i32, unavailable: i32, new: (i32, i32), old: &[(i32, i32)]) -> Step {
-    let total: i32 = new.0 + old.iter().map(|o| o.0).sum::<i32>();
+/// ReplicaSet's (spec, available) and the old ones' (spec, available), oldest first, and how
+/// many pods exist now (a scaled-down ReplicaSet's pods go a moment after its spec changes:
+/// counting them keeps the total within the surge at every moment, not only on paper).
+pub fn rolling_step(
+    replicas: i32,
+    surge: i32,
+    unavailable: i32,
+    new: (i32, i32),
+    old: &[(i32, i32)],
+    existing: i32,
+) -> Step {
+    let total: i32 = (new.0 + old.iter().map(|o| o.0).sum::<i32>()).max(existing);
     let max_total = replicas + surge;
     // Scale the new one up as far as the surge allows.
     let mut new_target = new.0;
@@ -227,8 +236,22 @@ async fn reconcile(shared: Shared, key: String) -> Result<Option<Duration>, Clie
         let ru = spec.strategy.clone().unwrap_or_default().rolling_update.unwrap_or_default();
         let (surge, unavailable) = resolve(replicas, &ru.max_surge, &ru.max_unavailable);
         let old_counts: Vec<(i32, i32)> = old.iter().map(|rs| (spec_replicas(rs), available(rs))).collect();
-        let step =
-            rolling_step(replicas, surge, unavailable, (spec_replicas(&new_rs), available(&new_rs)), &old_counts);
+        // Pods that exist now (not being deleted), whatever the specs say.
+        let existing: i32 = owned
+            .iter()
+            .map(|rs| {
+                shared.pods.cache().by_index(BY_OWNER, &rs.meta().uid).iter().filter(|p| super::is_active(p)).count()
+                    as i32
+            })
+            .sum();
+        let step = rolling_step(
+            replicas,
+            surge,
+            unavailable,
+            (spec_replicas(&new_rs), available(&new_rs)),
+            &old_counts,
+            existing,
+        );
         if step.new != spec_replicas(&new_rs) {
             set_replicas(&shared, &new_rs, step.new, &[]).await?;
             let verb = if step.new > spec_replicas(&new_rs) { "up" } else { "down" };
@@ -414,7 +437,7 @@ mod tests {
         let mut new = (0, 0);
         let mut old = vec![(4, 4)];
         for _ in 0..20 {
-            let step = rolling_step(replicas, surge, unavailable, new, &old);
+            let step = rolling_step(replicas, surge, unavailable, new, &old, 0);
             new.0 = step.new;
             for (i, n) in step.old {
                 old[i].0 = n;

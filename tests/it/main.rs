@@ -5,6 +5,7 @@ mod harness;
 
 mod bad_input;
 mod cluster;
+mod control;
 mod etcdctl;
 mod kubelet_runtime;
 mod kv;

@@ -202,6 +202,17 @@ async fn admission_defaults_validates_and_writes_nothing_bad() {
         Api::<Pod>::all(&client).list(&ListParams::default().fields("spec.color=red")).await.expect_err("bad field");
     assert!(err.to_string().contains("field label not supported: spec.color"), "{err}");
 
+    // A list without a namespace covers every namespace; with one, only that one.
+    let mut other = pod("elsewhere");
+    other.meta_mut().namespace = "kube-system".into();
+    Api::<Pod>::namespaced(&client, "kube-system").create(&other).await.expect("create in kube-system");
+    let names = |items: Vec<Pod>| items.into_iter().map(|p| p.meta().name.clone()).collect::<Vec<_>>();
+    let all = names(Api::<Pod>::all(&client).list(&ListParams::default()).await.expect("list all").0);
+    assert!(all.contains(&"elsewhere".to_string()), "{all:?}");
+    let default_only =
+        names(Api::<Pod>::namespaced(&client, "default").list(&ListParams::default()).await.expect("list").0);
+    assert!(!default_only.contains(&"elsewhere".to_string()), "{default_only:?}");
+
     // generateName gives a fresh name.
     let mut g = pod("");
     g.meta_mut().generate_name = "web-".into();
