@@ -28,6 +28,8 @@ enum Command {
     ControllerManager(ComponentOpts),
     /// Register simulated nodes that run bound pods at once (like kubemark).
     HollowNodes(HollowOpts),
+    /// Run a worker node: the kubelet (registers the Node, runs the pods bound to it).
+    Node(Box<rkube::kubelet::agent::NodeOpts>),
     /// Manage this node's image store: import, ls, pull.
     Image(rkube::kubelet::cli::ImageOpts),
     /// Supervise one container (started by the kubelet's runtime, not by hand).
@@ -123,6 +125,7 @@ fn main() -> std::process::ExitCode {
         Command::Scheduler(c) => return run_component(c, true),
         Command::ControllerManager(c) => return run_component(c, false),
         Command::HollowNodes(h) => return run_hollow(h),
+        Command::Node(n) => return run_node(*n),
         Command::Server(opts) => (*opts, false),
         Command::Dev(dev) => match dev.into_server() {
             Ok(o) => (o, true),
@@ -220,6 +223,39 @@ fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
             signal.cancel();
         });
         match rkube::hollow::run(client, cfg, stop).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_node(n: rkube::kubelet::agent::NodeOpts) -> std::process::ExitCode {
+    let cfg = match n.agent.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let client = match rkube::client::Client::from_list(&n.server) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    rt.block_on(async {
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        match rkube::kubelet::agent::run(client, cfg, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
