@@ -79,10 +79,16 @@ struct DevOpts {
     /// Address for Raft (a single member still listens).
     #[arg(long, env = "RKUBE_LISTEN_PEER", default_value = "127.0.0.1:2380")]
     listen_peer: String,
+    /// Do not run a kubelet for this machine.
+    #[arg(long)]
+    no_kubelet: bool,
+    #[command(flatten)]
+    agent: rkube::kubelet::agent::AgentOpts,
 }
 
 impl DevOpts {
-    fn into_server(self) -> Result<rkube::server::ServerOpts, String> {
+    fn into_server(self) -> Result<(rkube::server::ServerOpts, Option<rkube::kubelet::agent::AgentConfig>), String> {
+        let agent = if self.no_kubelet { None } else { Some(self.agent.validate().map_err(|e| e.to_string())?) };
         let data_dir = match self.data_dir {
             Some(d) => d,
             None => {
@@ -100,7 +106,7 @@ impl DevOpts {
         opts.listen_peer = self.listen_peer;
         opts.auto_compaction_mode = "periodic".into();
         opts.auto_compaction_retention = "5m".into();
-        Ok(opts)
+        Ok((opts, agent))
     }
 }
 
@@ -118,7 +124,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (opts, dev) = match cli.command {
+    let (opts, dev, agent) = match cli.command {
         // Before any thread exists: the shim forks.
         Command::Shim { dir } => return rkube::kubelet::shim::main(&dir),
         Command::Image(opts) => return run_image(opts),
@@ -126,9 +132,9 @@ fn main() -> std::process::ExitCode {
         Command::ControllerManager(c) => return run_component(c, false),
         Command::HollowNodes(h) => return run_hollow(h),
         Command::Node(n) => return run_node(*n),
-        Command::Server(opts) => (*opts, false),
+        Command::Server(opts) => (*opts, false, None),
         Command::Dev(dev) => match dev.into_server() {
-            Ok(o) => (o, true),
+            Ok((o, agent)) => (o, true, agent),
             Err(e) => {
                 eprintln!("error: {e}");
                 return std::process::ExitCode::from(2);
@@ -159,6 +165,21 @@ fn main() -> std::process::ExitCode {
             wait_for_signal().await;
             signal.cancel();
         });
+        if let Some(agent) = agent {
+            // The local node's kubelet, against this process's own API.
+            let api = rkube::rkctl::config::client_address(&cfg.listen_api.to_string());
+            match rkube::client::Client::from_list(&api) {
+                Ok(client) => {
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = rkube::kubelet::agent::run(client, agent, stop).await {
+                            tracing::error!(error = %e, "the local kubelet stopped");
+                        }
+                    });
+                }
+                Err(e) => eprintln!("error: local kubelet: {e}"),
+            }
+        }
         match rkube::server::run(cfg, shutdown).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

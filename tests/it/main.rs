@@ -6,6 +6,7 @@ mod harness;
 mod bad_input;
 mod cluster;
 mod etcdctl;
+mod kubelet_node;
 mod kubelet_runtime;
 mod kv;
 mod objects;
