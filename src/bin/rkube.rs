@@ -261,15 +261,16 @@ fn run_node(n: rkube::kubelet::agent::NodeOpts) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let client = match rkube::client::Client::from_list(&n.server) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
     let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
     rt.block_on(async {
+        // The client's channels need the runtime.
+        let client = match rkube::client::Client::from_list(&n.server) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
         let stop = CancellationToken::new();
         let signal = stop.clone();
         tokio::spawn(async move {

@@ -175,9 +175,7 @@ fn mem_total_bytes() -> u64 {
 fn os_image() -> String {
     std::fs::read_to_string("/etc/os-release")
         .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string())
-        })
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")).map(|v| v.trim_matches('"').to_string()))
         .unwrap_or_else(|| "Linux".into())
 }
 
@@ -260,7 +258,10 @@ fn carry_transitions(old: Option<&NodeStatus>, new: &mut NodeStatus) {
 async fn register(client: &Client, cfg: &AgentConfig, status: NodeStatus) -> Result<Node, ClientError> {
     let nodes = Api::<Node>::all(client);
     let mut want = Node {
-        spec: Some(NodeSpec { pod_cidr: cfg.pod_cidr.map(|c| c.to_string()).unwrap_or_default(), ..Default::default() }),
+        spec: Some(NodeSpec {
+            pod_cidr: cfg.pod_cidr.map(|c| c.to_string()).unwrap_or_default(),
+            ..Default::default()
+        }),
         status: Some(status.clone()),
         ..Default::default()
     };
@@ -270,27 +271,35 @@ async fn register(client: &Client, cfg: &AgentConfig, status: NodeStatus) -> Res
     }
     want.meta_mut().labels.insert("kubernetes.io/arch".into(), super::image::go_arch().into());
     match nodes.create(&want).await {
-        Ok(n) => {
-            // Create may ignore status: set it through the status subresource as well.
-            let mut n = n;
-            n.status = Some(status);
-            Ok(nodes.update_status(&n).await?)
-        }
-        Err(e) if e.is_already_exists() => {
-            let mut cur = nodes.get(&cfg.node_name).await?;
-            let mut status = status;
-            carry_transitions(cur.status.as_ref(), &mut status);
-            let spec = cur.spec.get_or_insert_with(Default::default);
-            if spec.pod_cidr.is_empty() {
-                if let Some(c) = cfg.pod_cidr {
-                    spec.pod_cidr = c.to_string();
-                    cur = nodes.update(&cur).await?;
+        Ok(_) => {}
+        Err(e) if e.is_already_exists() => {}
+        Err(e) => return Err(e),
+    }
+    // Node IPAM and others write the Node too: retry on conflicts with a fresh copy.
+    let mut attempt = 0;
+    loop {
+        let mut cur = nodes.get(&cfg.node_name).await?;
+        let spec = cur.spec.get_or_insert_with(Default::default);
+        if spec.pod_cidr.is_empty() {
+            if let Some(c) = cfg.pod_cidr {
+                spec.pod_cidr = c.to_string();
+                match nodes.update(&cur).await {
+                    Ok(n) => cur = n,
+                    Err(e) if e.is_conflict() && attempt < 5 => {
+                        attempt += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            cur.status = Some(status);
-            Ok(nodes.update_status(&cur).await?)
         }
-        Err(e) => Err(e),
+        let mut status = status.clone();
+        carry_transitions(cur.status.as_ref(), &mut status);
+        cur.status = Some(status);
+        match nodes.update_status(&cur).await {
+            Err(e) if e.is_conflict() && attempt < 5 => attempt += 1,
+            r => return r,
+        }
     }
 }
 
@@ -321,7 +330,13 @@ async fn renew_lease(leases: &Api<Lease>, name: &str) -> Result<(), ClientError>
 }
 
 /// Renews the node's lease and refreshes its status every `cfg.lease_renew` until `stop`.
-async fn heartbeat(client: Client, cfg: AgentConfig, node_ip: Ipv4Addr, runtime_version: String, stop: CancellationToken) {
+async fn heartbeat(
+    client: Client,
+    cfg: AgentConfig,
+    node_ip: Ipv4Addr,
+    runtime_version: String,
+    stop: CancellationToken,
+) {
     let leases = Api::<Lease>::namespaced(&client, LEASE_NAMESPACE);
     let nodes = Api::<Node>::all(&client);
     loop {
@@ -329,11 +344,17 @@ async fn heartbeat(client: Client, cfg: AgentConfig, node_ip: Ipv4Addr, runtime_
             tracing::warn!(node = %cfg.node_name, error = %e, "renewing the node lease");
         }
         let result = async {
-            let mut cur = nodes.get(&cfg.node_name).await?;
-            let mut status = node_status(&cfg, node_ip, &runtime_version, true);
-            carry_transitions(cur.status.as_ref(), &mut status);
-            cur.status = Some(status);
-            nodes.update_status(&cur).await
+            let mut attempt = 0;
+            loop {
+                let mut cur = nodes.get(&cfg.node_name).await?;
+                let mut status = node_status(&cfg, node_ip, &runtime_version, true);
+                carry_transitions(cur.status.as_ref(), &mut status);
+                cur.status = Some(status);
+                match nodes.update_status(&cur).await {
+                    Err(e) if e.is_conflict() && attempt < 3 => attempt += 1,
+                    r => return r,
+                }
+            }
         }
         .await;
         if let Err(e) = result {
@@ -363,9 +384,10 @@ async fn wait_pod_cidr(client: &Client, node: &str, stop: &CancellationToken) ->
             Ok(n) => {
                 let cidr = n.spec.map(|s| s.pod_cidr).unwrap_or_default();
                 if !cidr.is_empty() {
-                    let net = cidr
-                        .parse::<Ipv4Net>()
-                        .map_err(|e| AgentError::Invalid { flag: "pod-cidr", reason: format!("node's podCIDR: {e}") })?;
+                    let net = cidr.parse::<Ipv4Net>().map_err(|e| AgentError::Invalid {
+                        flag: "pod-cidr",
+                        reason: format!("node's podCIDR: {e}"),
+                    })?;
                     return Ok(Some(net));
                 }
             }
@@ -473,8 +495,7 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
         .params(ListParams::default().fields(&format!("spec.nodeName={}", cfg.node_name)))
         .start(&client, stop.clone());
     let addr = SocketAddr::from(([0, 0, 0, 0], cfg.kubelet_port));
-    let listener =
-        tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Listen { addr, source })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Listen { addr, source })?;
     tokio::spawn(super::service::serve(listener, pods.cache().clone(), log_root.clone(), stop.clone()));
 
     let mut changes = pods.subscribe();

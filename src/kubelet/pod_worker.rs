@@ -299,6 +299,11 @@ impl PodWorker {
         if let Some(t) = slot.not_before {
             if now < t {
                 if slot.image_failures > 0 {
+                    // ErrImagePull stays visible for the first half of the wait.
+                    let delay = env.backoff.delay(slot.image_failures);
+                    if t.saturating_duration_since(now) > delay / 2 {
+                        return;
+                    }
                     slot.waiting = Some(("ImagePullBackOff".into(), format!("back-off pulling image {:?}", c.image)));
                 } else {
                     let secs = env.backoff.delay(slot.failures.saturating_sub(1)).as_secs();
@@ -508,9 +513,11 @@ impl PodWorker {
         let sandbox = match &self.sandbox {
             Some(s) => Some(s.id.clone()),
             // A sandbox being created when the pod went: find it by the pod's uid.
-            None => runtime.list().await.ok().and_then(|l| {
-                l.into_iter().find(|s| s.sandbox.config.uid == self.uid).map(|s| s.sandbox.id)
-            }),
+            None => runtime
+                .list()
+                .await
+                .ok()
+                .and_then(|l| l.into_iter().find(|s| s.sandbox.config.uid == self.uid).map(|s| s.sandbox.id)),
         };
         if let Some(id) = sandbox {
             if let Err(e) = runtime.remove_sandbox(&id).await {

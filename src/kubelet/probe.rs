@@ -61,20 +61,24 @@ pub fn for_container(c: &Container) -> Vec<ProbeState> {
         .filter_map(|p| Some((p.name.clone(), u16::try_from(p.container_port).ok()?)))
         .collect();
     let now = Instant::now();
-    [(ProbeKind::Startup, &c.startup_probe), (ProbeKind::Liveness, &c.liveness_probe), (ProbeKind::Readiness, &c.readiness_probe)]
-        .into_iter()
-        .filter_map(|(kind, p)| {
-            let p = p.clone()?;
-            Some(ProbeState {
-                kind,
-                next: now + Duration::from_secs(p.initial_delay_seconds.max(0) as u64),
-                probe: p,
-                ports: ports.clone(),
-                successes: 0,
-                failures: 0,
-            })
+    [
+        (ProbeKind::Startup, &c.startup_probe),
+        (ProbeKind::Liveness, &c.liveness_probe),
+        (ProbeKind::Readiness, &c.readiness_probe),
+    ]
+    .into_iter()
+    .filter_map(|(kind, p)| {
+        let p = p.clone()?;
+        Some(ProbeState {
+            kind,
+            next: now + Duration::from_secs(p.initial_delay_seconds.max(0) as u64),
+            probe: p,
+            ports: ports.clone(),
+            successes: 0,
+            failures: 0,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// What the due probes concluded.

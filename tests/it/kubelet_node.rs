@@ -281,17 +281,17 @@ async fn runc_pod_from_the_registry_runs_answers_on_its_ip_and_shows_logs() {
     assert!(!st.start_time.is_empty());
     assert!(st.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"));
     let body = http_get(ip, 80).await.expect("GET on the pod IP");
-    assert!(body.starts_with("HTTP/1.") , "{body}");
-    // busybox httpd -v logs each request on stderr.
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    // busybox httpd -v logs each response on stderr.
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let t = logs(&api, "web", false).await;
-        if t.contains("GET") || Instant::now() > deadline {
+        if t.contains("response:200") || Instant::now() > deadline {
             break t;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert!(text.contains("GET"), "logs: {text:?}");
+    assert!(text.contains("response:200"), "logs: {text:?}");
 
     // A second pod: create -> Running with the image present.
     let start = Instant::now();
@@ -312,7 +312,8 @@ async fn runc_pod_from_the_registry_runs_answers_on_its_ip_and_shows_logs() {
     for name in ["web", "web2"] {
         wait_gone(&api, name, Duration::from_secs(40)).await;
     }
-    let links = String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().expect("ip").stdout).into_owned();
+    let links =
+        String::from_utf8_lossy(&Command::new("ip").args(["-o", "link"]).output().expect("ip").stdout).into_owned();
     for sid in &sandboxes {
         assert!(!std::path::Path::new(NETNS_DIR).join(netns_name(sid)).exists(), "netns of {sid} left");
         assert!(!links.contains(&format!(" {}@", host_veth(sid))), "veth of {sid} left");
@@ -374,7 +375,8 @@ async fn delete_honours_sigterm_and_grace(kind: RuntimeKind) {
         &["sh", "-c", "trap 'echo got TERM; exit 0' TERM; echo started; while true; do sleep 0.1; done"],
     );
     trap.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(20);
-    let mut stubborn = pod("stubborn", "busybox", &["sh", "-c", "trap '' TERM; echo started; while true; do sleep 0.1; done"]);
+    let mut stubborn =
+        pod("stubborn", "busybox", &["sh", "-c", "trap '' TERM; echo started; while true; do sleep 0.1; done"]);
     stubborn.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(3);
     api.create(&trap).await.expect("create");
     api.create(&stubborn).await.expect("create");
@@ -409,9 +411,10 @@ async fn missing_image_gives_err_image_pull_then_image_pull_backoff() {
     let api = Api::<Pod>::namespaced(&client, "default");
     api.create(&pod("noimg", "no-such-image:v1", &[])).await.expect("create");
     wait_pod(&api, "noimg", Duration::from_secs(30), "ErrImagePull", |p| waiting_reason(p) == "ErrImagePull").await;
-    let p =
-        wait_pod(&api, "noimg", Duration::from_secs(30), "ImagePullBackOff", |p| waiting_reason(p) == "ImagePullBackOff")
-            .await;
+    let p = wait_pod(&api, "noimg", Duration::from_secs(30), "ImagePullBackOff", |p| {
+        waiting_reason(p) == "ImagePullBackOff"
+    })
+    .await;
     assert_eq!(phase(&p), "Pending");
     api.delete("noimg", &DeleteParams::default()).await.expect("delete");
     wait_gone(&api, "noimg", Duration::from_secs(30)).await;
