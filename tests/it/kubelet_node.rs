@@ -459,3 +459,49 @@ async fn process_pod_runs_shows_logs_and_succeeds() {
     api.delete("once", &DeleteParams::default()).await.expect("delete");
     wait_gone(&api, "once", Duration::from_secs(30)).await;
 }
+
+fn pod_ready(p: &Pod) -> Option<bool> {
+    let c = p.status.as_ref()?.conditions.iter().find(|c| c.r#type == "Ready")?;
+    Some(c.status == "True")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_readiness_flips_ready_and_liveness_restarts() {
+    let (_cluster, agent, client) = setup(RuntimeKind::Process).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    let flag = agent.dir.path().join("ready-flag");
+    let mut p = pod("probed", "busybox", &["sh", "-c", "sleep 300"]);
+    p.spec.as_mut().expect("spec").containers[0].readiness_probe = Some(Probe {
+        exec: Some(ExecAction { command: vec!["test".into(), "-f".into(), flag.display().to_string()] }),
+        period_seconds: 1,
+        failure_threshold: 1,
+        ..Default::default()
+    });
+    api.create(&p).await.expect("create");
+    let got = wait_pod(&api, "probed", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
+    assert_eq!(pod_ready(&got), Some(false), "not ready before the probe succeeds");
+    std::fs::write(&flag, b"").expect("flag");
+    wait_pod(&api, "probed", Duration::from_secs(15), "Ready", |p| pod_ready(p) == Some(true)).await;
+    std::fs::remove_file(&flag).expect("flag");
+    wait_pod(&api, "probed", Duration::from_secs(15), "not Ready", |p| pod_ready(p) == Some(false)).await;
+
+    let mut live = pod("live", "busybox", &["sh", "-c", "sleep 300"]);
+    live.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(1);
+    live.spec.as_mut().expect("spec").containers[0].liveness_probe = Some(Probe {
+        tcp_socket: Some(TcpSocketAction { port: "1".into(), host: "127.0.0.1".into() }),
+        period_seconds: 1,
+        failure_threshold: 2,
+        ..Default::default()
+    });
+    api.create(&live).await.expect("create");
+    wait_pod(&api, "live", Duration::from_secs(60), "a liveness restart", |p| {
+        main_status(p).is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    for name in ["probed", "live"] {
+        api.delete(name, &DeleteParams { grace_period_seconds: Some(1), ..Default::default() }).await.expect("delete");
+    }
+    for name in ["probed", "live"] {
+        wait_gone(&api, name, Duration::from_secs(30)).await;
+    }
+}
