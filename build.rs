@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // which are Kubernetes' names (`podIP` comes from the field's `json_name`).
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
-    let v1 = ["proto/rkube/v1/objects.proto", "proto/rkube/v1/api.proto"];
+    let v1 = ["proto/rkube/v1/objects.proto", "proto/rkube/v1/api.proto", "proto/rkube/v1/kubelet.proto"];
     let fds = config.load_fds(&v1, &["proto"])?;
     std::fs::write(out_dir.join("rkube_v1_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     config.btree_map(["."]);

@@ -16,7 +16,11 @@
 //! - [`logs`]: CRI-format log files with size-based rotation, and their reader (tail, follow).
 //! - [`backoff`]: CrashLoopBackOff / ImagePullBackOff delays (10 s doubling to 5 min).
 //! - [`cli`]: `rkube image import|ls|pull`.
+//! - [`agent`]: the node agent (`rkube node`): Node registration, lease, pod watch, workers.
+//! - [`pod_worker`], [`probe`]: one pod's lifecycle on the node; liveness/readiness/startup.
+//! - `service`: the kubelet API on the kubelet port (container logs).
 
+pub mod agent;
 pub mod backoff;
 pub mod cli;
 mod engine;
@@ -24,9 +28,12 @@ pub mod image;
 pub mod ipam;
 pub mod logs;
 pub mod network;
+pub mod pod_worker;
+pub mod probe;
 mod process;
 mod runc;
 pub mod runtime;
+mod service;
 pub mod shim;
 
 pub use backoff::BackoffPolicy;

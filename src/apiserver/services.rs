@@ -182,9 +182,46 @@ service!(pods_server::Pods, Pod {
                 "pod {:?} is not scheduled to a node yet: no logs", r.name
             )).into());
         }
-        Err(ApiError::Unavailable(format!("no kubelet on node {node:?} serves logs")).into())
+        proxy_logs(&self.api, &node, r).await
     }
 });
+
+/// Forwards a Logs request to the kubelet of `node` (its InternalIP and kubelet port) and
+/// relays the chunks.
+async fn proxy_logs(
+    api: &ApiServer,
+    node: &str,
+    r: LogsRequest,
+) -> Result<Response<ReceiverStream<Result<LogChunk, Status>>>, Status> {
+    let unavailable = |why: String| Status::from(ApiError::Unavailable(why));
+    let n = api.get::<Node>("", node).await?;
+    let st = n.status.unwrap_or_default();
+    let ip = st.addresses.iter().find(|a| a.r#type == "InternalIP").map(|a| a.address.clone());
+    let port = st.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port).filter(|p| *p > 0);
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Err(unavailable(format!("node {node:?} reports no kubelet endpoint")));
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{ip}:{port}"))
+        .map_err(|e| unavailable(format!("node {node:?} kubelet address: {e}")))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel =
+        endpoint.connect().await.map_err(|e| unavailable(format!("kubelet of node {node:?} is unreachable: {e}")))?;
+    let mut upstream = pb::kubelet_client::KubeletClient::new(channel).logs(r).await?.into_inner();
+    let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tx.closed() => break,
+                m = upstream.message() => match m {
+                    Ok(Some(chunk)) => if tx.send(Ok(chunk)).await.is_err() { break },
+                    Ok(None) => break,
+                    Err(status) => { let _ = tx.send(Err(status)).await; break }
+                },
+            }
+        }
+    });
+    Ok(Response::new(ReceiverStream::new(rx)))
+}
 
 /// Every rkube.v1 service, for the API listener.
 pub fn router(api: Arc<ApiServer>, max_message: usize) -> tonic::service::Routes {

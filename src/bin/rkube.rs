@@ -28,6 +28,8 @@ enum Command {
     ControllerManager(ComponentOpts),
     /// Register simulated nodes that run bound pods at once (like kubemark).
     HollowNodes(HollowOpts),
+    /// Run a worker node: the kubelet (registers the Node, runs the pods bound to it).
+    Node(Box<rkube::kubelet::agent::NodeOpts>),
     /// Manage this node's image store: import, ls, pull.
     Image(rkube::kubelet::cli::ImageOpts),
     /// Supervise one container (started by the kubelet's runtime, not by hand).
@@ -77,10 +79,16 @@ struct DevOpts {
     /// Address for Raft (a single member still listens).
     #[arg(long, env = "RKUBE_LISTEN_PEER", default_value = "127.0.0.1:2380")]
     listen_peer: String,
+    /// Do not run a kubelet for this machine.
+    #[arg(long)]
+    no_kubelet: bool,
+    #[command(flatten)]
+    agent: rkube::kubelet::agent::AgentOpts,
 }
 
 impl DevOpts {
-    fn into_server(self) -> Result<rkube::server::ServerOpts, String> {
+    fn into_server(self) -> Result<(rkube::server::ServerOpts, Option<rkube::kubelet::agent::AgentConfig>), String> {
+        let agent = if self.no_kubelet { None } else { Some(self.agent.validate().map_err(|e| e.to_string())?) };
         let data_dir = match self.data_dir {
             Some(d) => d,
             None => {
@@ -98,7 +106,7 @@ impl DevOpts {
         opts.listen_peer = self.listen_peer;
         opts.auto_compaction_mode = "periodic".into();
         opts.auto_compaction_retention = "5m".into();
-        Ok(opts)
+        Ok((opts, agent))
     }
 }
 
@@ -116,16 +124,17 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let (opts, dev) = match cli.command {
+    let (opts, dev, agent) = match cli.command {
         // Before any thread exists: the shim forks.
         Command::Shim { dir } => return rkube::kubelet::shim::main(&dir),
         Command::Image(opts) => return run_image(opts),
         Command::Scheduler(c) => return run_component(c, true),
         Command::ControllerManager(c) => return run_component(c, false),
         Command::HollowNodes(h) => return run_hollow(h),
-        Command::Server(opts) => (*opts, false),
+        Command::Node(n) => return run_node(*n),
+        Command::Server(opts) => (*opts, false, None),
         Command::Dev(dev) => match dev.into_server() {
-            Ok(o) => (o, true),
+            Ok((o, agent)) => (o, true, agent),
             Err(e) => {
                 eprintln!("error: {e}");
                 return std::process::ExitCode::from(2);
@@ -156,6 +165,21 @@ fn main() -> std::process::ExitCode {
             wait_for_signal().await;
             signal.cancel();
         });
+        if let Some(agent) = agent {
+            // The local node's kubelet, against this process's own API.
+            let api = rkube::rkctl::config::client_address(&cfg.listen_api.to_string());
+            match rkube::client::Client::from_list(&api) {
+                Ok(client) => {
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = rkube::kubelet::agent::run(client, agent, stop).await {
+                            tracing::error!(error = %e, "the local kubelet stopped");
+                        }
+                    });
+                }
+                Err(e) => eprintln!("error: local kubelet: {e}"),
+            }
+        }
         match rkube::server::run(cfg, shutdown).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -220,6 +244,40 @@ fn run_hollow(h: HollowOpts) -> std::process::ExitCode {
             signal.cancel();
         });
         match rkube::hollow::run(client, cfg, stop).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_node(n: rkube::kubelet::agent::NodeOpts) -> std::process::ExitCode {
+    let cfg = match n.agent.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().expect("building the tokio runtime");
+    rt.block_on(async {
+        // The client's channels need the runtime.
+        let client = match rkube::client::Client::from_list(&n.server) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            signal.cancel();
+        });
+        match rkube::kubelet::agent::run(client, cfg, stop).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -7,6 +7,7 @@ mod bad_input;
 mod cluster;
 mod control;
 mod etcdctl;
+mod kubelet_node;
 mod kubelet_runtime;
 mod kv;
 mod objects;
