@@ -133,10 +133,10 @@ fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
 /// Why a node cannot take a pod, in the scheduler's words; `None` if it can.
 fn filter(node: &NodeInfo, pod: &Pod) -> Option<String> {
     let spec = pod.spec.clone().unwrap_or_default();
-    if !node.ready {
-        if !spec.tolerations.iter().any(|t| t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule") {
-            return Some("node(s) were not ready".into());
-        }
+    if !node.ready
+        && !spec.tolerations.iter().any(|t| t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule")
+    {
+        return Some("node(s) were not ready".into());
     }
     if node.unschedulable {
         return Some("node(s) were unschedulable".into());
@@ -290,10 +290,11 @@ pub async fn run(client: Client, stop: CancellationToken) {
                     }
                 }
                 Some(_) => {}
-                None if is_pending(p) && !in_flight.contains(&key) => {
-                    if backoff.get(&key).is_none_or(|(_, at)| *at <= now) {
-                        pending.push(p.clone());
-                    }
+                None if is_pending(p)
+                    && !in_flight.contains(&key)
+                    && backoff.get(&key).is_none_or(|(_, at)| *at <= now) =>
+                {
+                    pending.push(p.clone());
                 }
                 None => {}
             }

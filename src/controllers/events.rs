@@ -14,12 +14,15 @@ use crate::client::{Api, Client};
 /// How long events are kept.
 pub const EVENT_TTL: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// (involved object uid, reason, message) -> the Event's name.
+type Seen = HashMap<(String, String, String), String>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: String,
     /// (uid, reason, message) -> event name, for this process's repeats.
-    seen: Arc<Mutex<HashMap<(String, String, String), String>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Recorder {

@@ -185,11 +185,11 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_throughout(
         .iter()
         .find(|r| r.meta().annotations.get("deployment.kubernetes.io/revision").map(String::as_str) == Some("1"))
         .expect("revision 1");
-    let mut d = deploys.get("roll").await.expect("get");
     let mut template = old.spec.clone().expect("spec").template.expect("template");
     template.metadata.as_mut().expect("meta").labels.remove("pod-template-hash");
-    d.spec.as_mut().expect("spec").template = Some(template);
-    deploys.update(&d).await.expect("undo");
+    // A merge patch, as `rkctl rollout undo` does: no resourceVersion to race the controllers.
+    let patch = serde_json::json!({"spec": {"template": template}});
+    deploys.patch("roll", &patch, false).await.expect("undo");
     eventually(Duration::from_secs(40), "rollback to httpd:1", || async {
         let live = wait_running(&client, "default", "roll", 4).await;
         live.iter().all(|p| p.spec.as_ref().expect("spec").containers[0].image == "httpd:1").then_some(())
