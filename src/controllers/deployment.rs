@@ -21,10 +21,9 @@ pub const HASH_LABEL: &str = "pod-template-hash";
 
 /// A stable short hash of a pod template (FNV-1a of its JSON), as the name suffix and label.
 pub fn template_hash(t: &PodTemplateSpec) -> String {
+    // No metadata and empty metadata are one template.
     let mut t = t.clone();
-    if let Some(m) = t.metadata.as_mut() {
-        m.labels.remove(HASH_LABEL);
-    }
+    t.metadata.get_or_insert_with(Default::default).labels.remove(HASH_LABEL);
     let json = serde_json::to_vec(&t).unwrap_or_default();
     let mut h: u64 = 0xcbf29ce484222325;
     for b in json {
