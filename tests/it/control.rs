@@ -92,7 +92,7 @@ async fn wait_running(client: &Client, ns: &str, app: &str, n: usize) -> Vec<Pod
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_runs_spread_over_nodes_and_scales() {
-    let c = Cluster::start(3).await;
+    let c = Cluster::start_with(3, &["--control-plane", "true"]).await;
     let _nodes = Hollow::start(&c, "w", 3);
     let client = client(&c);
     wait_nodes(&client, 3).await;
@@ -132,7 +132,7 @@ async fn a_deployment_runs_spread_over_nodes_and_scales() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_throughout() {
-    let c = Cluster::start(1).await;
+    let c = Cluster::start_with(1, &["--control-plane", "true"]).await;
     let _nodes = Hollow::start(&c, "w", 3);
     let client = client(&c);
     wait_nodes(&client, 3).await;
@@ -208,7 +208,7 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_throughout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_deployment_cascades_unless_orphaned() {
-    let c = Cluster::start(1).await;
+    let c = Cluster::start_with(1, &["--control-plane", "true"]).await;
     let _nodes = Hollow::start(&c, "w", 2);
     let client = client(&c);
     wait_nodes(&client, 2).await;
@@ -245,7 +245,7 @@ async fn deleting_a_deployment_cascades_unless_orphaned() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_follow_pod_readiness_and_namespaces_empty_out_when_deleted() {
-    let c = Cluster::start(1).await;
+    let c = Cluster::start_with(1, &["--control-plane", "true"]).await;
     let _nodes = Hollow::start(&c, "w", 2);
     let client = client(&c);
     wait_nodes(&client, 2).await;
@@ -293,7 +293,7 @@ async fn endpoints_follow_pod_readiness_and_namespaces_empty_out_when_deleted() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_leave_a_node_that_stops_renewing_its_lease() {
-    let c = Cluster::start_with(1, &["--node-monitor-grace-period", "3"]).await;
+    let c = Cluster::start_with(1, &["--control-plane", "true", "--node-monitor-grace-period", "3"]).await;
     let doomed = Hollow::start(&c, "a", 1);
     let client = client(&c);
     wait_nodes(&client, 1).await;
@@ -323,6 +323,8 @@ async fn the_control_plane_moves_when_its_master_dies() {
     let mut c = Cluster::start_with(
         3,
         &[
+            "--control-plane",
+            "true",
             "--leader-elect-lease-duration",
             "4",
             "--leader-elect-renew-deadline",

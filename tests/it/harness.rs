@@ -109,6 +109,10 @@ impl Cluster {
                 "--election-timeout".into(),
                 "500".into(),
             ];
+            // The control plane acts on objects; only tests that want it get it.
+            if !extra.contains(&"--control-plane") {
+                m.args.extend(["--control-plane".to_string(), "false".to_string()]);
+            }
             m.args.extend(extra.iter().map(|s| s.to_string()));
         }
         let mut c = Cluster { dir, members, extra: extra.iter().map(|s| s.to_string()).collect() };

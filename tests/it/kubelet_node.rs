@@ -228,7 +228,7 @@ async fn setup(kind: RuntimeKind) -> (Cluster, Agent, Client) {
     if kind == RuntimeKind::Runc {
         require_root();
     }
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start_with(1, &["--control-plane", "true"]).await;
     let agent = Agent::start(&cluster, kind);
     let client = Client::from_list(&cluster.endpoints()).expect("client");
     let nodes = Api::<Node>::all(&client);
