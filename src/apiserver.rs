@@ -17,12 +17,11 @@ mod hooks;
 mod services;
 mod watch;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::selector::Selector;
-use crate::api::v1::{ListMeta, ObjectMeta};
+use crate::api::v1::ListMeta;
 use crate::api::validation::invalid_message;
 use crate::api::{self, Object};
 use crate::pb::etcdserverpb as epb;
@@ -918,16 +917,6 @@ fn range_results(resp: &epb::TxnResponse) -> Vec<Vec<KeyValue>> {
             _ => None,
         })
         .collect()
-}
-
-/// Kubernetes' labels printed as `k=v,k2=v2` (for messages and tables).
-pub fn format_labels(labels: &BTreeMap<String, String>) -> String {
-    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
-}
-
-/// Metadata a client may not set on create.
-pub fn is_server_field(meta: &ObjectMeta) -> bool {
-    !meta.uid.is_empty() || !meta.creation_timestamp.is_empty()
 }
 
 #[cfg(test)]

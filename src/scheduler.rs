@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::quantity;
 use crate::api::v1::{Node, Pod, Taint, Toleration};
 use crate::api::Object;
-use crate::client::{Api, Client, ListParams};
+use crate::client::{Api, Client};
 use crate::controllers::events::Recorder;
 use crate::reconcile::{key_of, Change, Informer};
 
@@ -366,11 +366,6 @@ pub async fn run(client: Client, stop: CancellationToken) {
         while pod_changes.try_recv().is_ok() {}
         while node_changes.try_recv().is_ok() {}
     }
-}
-
-/// Pods listed with a field selector, for callers that want the pending ones only.
-pub fn pending_params() -> ListParams {
-    ListParams::default().fields("spec.nodeName=")
 }
 
 #[cfg(test)]
