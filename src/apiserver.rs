@@ -27,7 +27,7 @@ use crate::api::{self, Object};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::mvccpb::KeyValue;
 use crate::raft::RaftNode;
-use crate::store::{Command, Response, Store};
+use crate::store::{ApplyError, Command, Response, Store};
 
 pub use crate::api::fence::{fence_key, fence_record, Fence, FENCE_HEADER, REASON_HEADER};
 pub use alloc::AllocConfig;
@@ -85,12 +85,26 @@ pub struct ApiConfig {
     pub alloc: AllocConfig,
     /// How often an idle watch that asked for bookmarks gets one.
     pub bookmark_interval: Duration,
+    /// How long an Event lives after its last write (`--event-ttl`): its key is attached to a
+    /// store lease, so the store deletes it, as Kubernetes does over etcd.
+    pub event_ttl: Duration,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { alloc: AllocConfig::default(), bookmark_interval: Duration::from_secs(1) }
+        ApiConfig {
+            alloc: AllocConfig::default(),
+            bookmark_interval: Duration::from_secs(1),
+            event_ttl: Duration::from_secs(3600),
+        }
     }
+}
+
+/// Events written within one window share a store lease (one grant a minute, not one per
+/// event); the lease lasts the TTL plus the window, so an event lives between TTL and
+/// TTL + window after its last write.
+fn event_lease_window(ttl: Duration) -> Duration {
+    (ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
 }
 
 /// A check every write passes first: the store's space quota (etcd's NOSPACE alarm), which
@@ -103,6 +117,8 @@ pub struct ApiServer {
     store: Arc<Store>,
     cfg: ApiConfig,
     gate: Option<WriteGate>,
+    /// The store lease events are written under now, and when it was granted.
+    event_lease: tokio::sync::Mutex<Option<(i64, std::time::Instant)>>,
 }
 
 /// Keys read from the store per List page when selectors filter results.
@@ -114,7 +130,7 @@ const WRITE_RETRIES: usize = 16;
 impl ApiServer {
     pub fn new(node: Arc<RaftNode>, cfg: ApiConfig, gate: Option<WriteGate>) -> Arc<Self> {
         let store = node.store().clone();
-        Arc::new(ApiServer { node, store, cfg, gate })
+        Arc::new(ApiServer { node, store, cfg, gate, event_lease: Default::default() })
     }
 
     pub fn config(&self) -> &ApiConfig {
@@ -226,12 +242,50 @@ impl ApiServer {
 
     // ---- writing ----
 
-    async fn txn(&self, req: epb::TxnRequest) -> Result<epb::TxnResponse, ApiError> {
+    async fn txn(&self, mut req: epb::TxnRequest) -> Result<epb::TxnResponse, ApiError> {
         if let Some(gate) = &self.gate {
             gate().await?;
         }
-        match self.node.write(Command::Txn(req)).await.map_err(ApiError::from_consensus)? {
-            Response::Txn(r) => Ok(r),
+        let expiring = req.success.iter_mut().any(|op| event_put(op).is_some());
+        for attempt in 0..2 {
+            if expiring {
+                let lease = self.event_lease(attempt > 0).await?;
+                for op in req.success.iter_mut() {
+                    if let Some(p) = event_put(op) {
+                        p.lease = lease;
+                    }
+                }
+            }
+            match self.node.write(Command::Txn(req.clone())).await.map_err(ApiError::from_consensus)? {
+                Response::Txn(r) => return Ok(r),
+                // The events' lease went (revoked by hand, or this member was cut off for
+                // longer than its TTL): take a new one.
+                Response::Error(ApplyError::LeaseNotFound) if expiring && attempt == 0 => continue,
+                Response::Error(e) => return Err(ApiError::from_apply(e)),
+                other => return Err(ApiError::Internal(format!("unexpected store response {other:?}"))),
+            }
+        }
+        Err(ApiError::Internal("the events' store lease vanished twice".into()))
+    }
+
+    /// The store lease for events written now: the current one while its window lasts, else a
+    /// new grant.
+    async fn event_lease(&self, renew: bool) -> Result<i64, ApiError> {
+        let ttl = self.cfg.event_ttl;
+        let window = event_lease_window(ttl);
+        let mut current = self.event_lease.lock().await;
+        if let Some((id, at)) = *current {
+            if !renew && at.elapsed() < window {
+                return Ok(id);
+            }
+        }
+        let id = (rand::random::<u64>() >> 1).max(1) as i64;
+        let secs = (ttl + window).as_secs().max(crate::etcd::lease::MIN_TTL as u64) as i64;
+        match self.node.write(Command::LeaseGrant { id, ttl: secs }).await.map_err(ApiError::from_consensus)? {
+            Response::LeaseGrant { id, .. } => {
+                *current = Some((id, std::time::Instant::now()));
+                Ok(id)
+            }
             Response::Error(e) => Err(ApiError::from_apply(e)),
             other => Err(ApiError::Internal(format!("unexpected store response {other:?}"))),
         }
@@ -267,7 +321,14 @@ impl ApiServer {
         }
         for _ in 0..WRITE_RETRIES {
             let mut candidate = obj.clone();
-            candidate.allocate(None, &self.cfg.alloc, &|k| self.read_kv(k).map(|kv| kv.is_some()))?;
+            let exists = |k: &[u8]| self.read_kv(k).map(|kv| kv.is_some());
+            if candidate.allocate(None, &self.cfg.alloc, &exists).is_err() {
+                // This member may not have applied a delete that freed a value yet: catch up
+                // with the leader and look again before refusing.
+                self.barrier().await?;
+                candidate = obj.clone();
+                candidate.allocate(None, &self.cfg.alloc, &exists)?;
+            }
             let mut compare = vec![cmp_create(&key, 0)];
             let mut success = vec![put(&key, encode(&candidate))];
             let mut failure = vec![get_op(&key)];
@@ -859,6 +920,14 @@ fn cmp_mod(key: &[u8], rev: i64) -> epb::Compare {
         key: key.to_vec(),
         range_end: Vec::new(),
         target_union: Some(TargetUnion::ModRevision(rev)),
+    }
+}
+
+/// The put of an Event in a transaction's operations, which gets the events' lease.
+fn event_put(op: &mut epb::RequestOp) -> Option<&mut epb::PutRequest> {
+    match &mut op.request {
+        Some(Op::RequestPut(p)) if p.key.starts_with(b"/registry/events/") => Some(p),
+        _ => None,
     }
 }
 

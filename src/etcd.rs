@@ -7,7 +7,7 @@
 
 mod cluster;
 mod kv;
-mod lease;
+pub(crate) mod lease;
 mod maintenance;
 mod watch;
 

@@ -94,6 +94,9 @@ pub struct ServerOpts {
     /// The range Services' ClusterIPs are allocated from.
     #[arg(long, env = "RKUBE_SERVICE_CIDR", default_value = "10.96.0.0/12")]
     pub service_cidr: String,
+    /// Seconds an Event is kept after its last write (the store deletes it through a lease).
+    #[arg(long, env = "RKUBE_EVENT_TTL", default_value_t = 3600)]
+    pub event_ttl: u64,
     /// TEST ONLY, deliberately unsafe: linearizable reads skip the read index and serve this
     /// member's local state, so they can be stale. It exists so that tests/jepsen can show its
     /// register checker catching a broken build; never set it anywhere else.
@@ -129,6 +132,8 @@ pub enum ConfigError {
     BadRequestLimit,
     #[error("{0}")]
     BadServiceCidr(String),
+    #[error("--event-ttl {0}: events must live at least 2 seconds")]
+    BadEventTtl(u64),
     #[error("{0}")]
     BadControlPlane(String),
 }
@@ -309,6 +314,12 @@ impl ServerOpts {
             progress_interval: Duration::from_secs(self.watch_progress_notify_interval.max(1)),
             objects: ApiConfig {
                 alloc: AllocConfig::with_service_cidr(&self.service_cidr).map_err(ConfigError::BadServiceCidr)?,
+                event_ttl: {
+                    if self.event_ttl < 2 {
+                        return Err(ConfigError::BadEventTtl(self.event_ttl));
+                    }
+                    Duration::from_secs(self.event_ttl)
+                },
                 ..ApiConfig::default()
             },
             control_plane: if self.control_plane {

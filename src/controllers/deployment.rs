@@ -101,22 +101,29 @@ pub fn rolling_step(
     if new.0 > replicas {
         new_target = replicas;
     }
-    // Scale old ones down as far as availability allows.
+    // Scale old ones down as far as availability allows. The budget is bounded twice: by the
+    // specs (which this controller wrote, so they are never stale: all pods asked for, less the
+    // minimum available, less the new ones not yet available) and by the available counts
+    // the ReplicaSets report (which lag a scale-down by a moment).
     let min_available = replicas - unavailable;
-    let total_available: i32 = new.1 + old.iter().map(|o| o.1).sum::<i32>();
-    let mut budget = (total_available - min_available).max(0);
-    // Old pods that are not available cost nothing to remove.
-    let mut steps = Vec::new();
-    for (i, (spec, avail)) in old.iter().enumerate() {
-        let unhealthy = (spec - avail).max(0);
-        let mut target = spec - unhealthy;
-        let more = target.min(budget);
-        target -= more;
-        budget -= more;
-        if target != *spec {
-            steps.push((i, target));
-        }
+    let all_spec: i32 = new.0 + old.iter().map(|o| o.0).sum::<i32>();
+    let new_unavailable = (new.0 - new.1).max(0);
+    let mut max_down = (all_spec - min_available - new_unavailable).max(0);
+    let mut targets: Vec<i32> = old.iter().map(|o| o.0).collect();
+    // Old pods that are not available cost no availability to remove: they go first.
+    for (t, (spec, avail)) in targets.iter_mut().zip(old) {
+        let cut = (spec - avail).max(0).min(max_down);
+        *t -= cut;
+        max_down -= cut;
     }
+    let total_available: i32 = new.1 + old.iter().zip(&targets).map(|((_, avail), t)| (*avail).min(*t)).sum::<i32>();
+    let mut budget = (total_available - min_available).max(0).min(max_down);
+    for t in targets.iter_mut() {
+        let more = (*t).min(budget);
+        *t -= more;
+        budget -= more;
+    }
+    let steps = targets.iter().enumerate().filter(|(i, t)| **t != old[*i].0).map(|(i, t)| (i, *t)).collect();
     Step { new: new_target, old: steps }
 }
 
@@ -126,7 +133,9 @@ async fn set_replicas(
     n: i32,
     extra_annotations: &[(&str, String)],
 ) -> Result<(), ClientError> {
-    let mut patch = serde_json::json!({"spec": {"replicas": n}});
+    // On the version this decision was made from: a stale cache gets a Conflict and a retry.
+    let mut patch =
+        serde_json::json!({"metadata": {"resourceVersion": rs.meta().resource_version}, "spec": {"replicas": n}});
     for (k, v) in extra_annotations {
         patch["metadata"]["annotations"][*k] = serde_json::Value::String(v.clone());
     }
@@ -413,7 +422,17 @@ pub async fn run(shared: Shared, cfg: ControllerConfig, stop: CancellationToken)
         },
         all,
     );
-    run_workers(queue, cfg.workers, stop, move |key| reconcile(shared.clone(), key)).await;
+    run_workers(queue, cfg.workers, stop, move |key| {
+        let shared = shared.clone();
+        async move {
+            match reconcile(shared, key).await {
+                // Decided on a stale ReplicaSet: look again once the cache has caught up.
+                Err(e) if e.is_conflict() => Ok(Some(Duration::from_millis(50))),
+                other => other,
+            }
+        }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -453,6 +472,17 @@ mod tests {
         }
         assert_eq!(new, (4, 4));
         assert_eq!(old[0].0, 0);
+    }
+
+    #[test]
+    fn a_stale_available_count_does_not_scale_down_twice() {
+        // Old scaled 4 -> 3 a moment ago but still reports 4 available; the new one has 2 pods,
+        // 1 available. Really available: 3 + 1 = 4; the minimum is 3, so one more may go.
+        let step = rolling_step(4, 1, 1, (2, 1), &[(3, 4)], 5);
+        assert_eq!(step.old, vec![(0, 2)]);
+        // Nothing available yet on the new side and the old one at the minimum: nothing goes.
+        let step = rolling_step(4, 1, 1, (1, 0), &[(3, 4)], 4);
+        assert_eq!(step.old, vec![]);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Events: what happened to an object, for `rkctl describe` and `rkctl get events`. Repeats of
 //! one event (same object, reason and message) update a single Event's count and last
-//! timestamp instead of piling up; the controller manager deletes events an hour old.
+//! timestamp instead of piling up. The API server writes events under a store lease, so they
+//! expire `--event-ttl` (an hour) after their last write.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -366,3 +366,223 @@ async fn the_control_plane_moves_when_its_master_dies() {
     Api::<Deployment>::namespaced(&client, "default").create(&deployment("after", 2, "httpd:1")).await.expect("create");
     wait_running(&client, "default", "after", 2).await;
 }
+
+/// A `rkube scheduler` or `rkube controller-manager` process with short leader-election
+/// periods, killed when dropped.
+struct Component {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Component {
+    fn start(c: &Cluster, what: &str, n: usize) -> Component {
+        let log = c.dir.path().join(format!("{what}-{n}.log"));
+        let child = Command::new(RKUBE)
+            .args([what, "--server", &c.endpoints()])
+            .args(["--leader-elect-lease-duration", "3", "--leader-elect-renew-deadline", "2"])
+            .args(["--leader-elect-retry-period", "1", "--node-monitor-grace-period", "30"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("starting a control-plane component");
+        Component { child, log }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill").success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which of `components` holds `lease` now, once one does.
+async fn holder_of(client: &Client, lease: &str, components: &[Component]) -> usize {
+    let leases = Api::<Lease>::namespaced(client, "kube-system");
+    eventually(Duration::from_secs(30), &format!("a holder of {lease}"), || async {
+        let l = leases.get(lease).await.ok()?;
+        let h = l.spec.as_ref()?.holder_identity.clone();
+        if h.is_empty() {
+            return None;
+        }
+        components.iter().position(|c| c.log_text().lines().any(|l| l.contains("became leader") && l.contains(&h)))
+    })
+    .await
+}
+
+fn bare_pod(name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "labels": {"app": "fenced"}},
+        "spec": {"containers": [{"name": "c", "image": "httpd:1"}]}
+    }))
+    .expect("pod")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_scheduler_that_lost_its_lease_binds_nothing() {
+    let c = Cluster::start(1).await;
+    let _cm = Component::start(&c, "controller-manager", 0);
+    let schedulers = [Component::start(&c, "scheduler", 0), Component::start(&c, "scheduler", 1)];
+    let _nodes = Hollow::start(&c, "w", 3);
+    let client = client(&c);
+    wait_nodes(&client, 3).await;
+    let pods = Api::<Pod>::namespaced(&client, "default");
+    let (_, meta) = pods.list(&ListParams::default()).await.expect("list");
+    let mut watch = pods.watch(&ListParams::default(), &meta.resource_version).await.expect("watch");
+
+    let old = holder_of(&client, "rkube-scheduler", &schedulers).await;
+    schedulers[old].signal("-STOP");
+    // These reach the paused leader's watch too: they are in its queue when it wakes up.
+    for i in 0..20 {
+        pods.create(&bare_pod(&format!("p{i:02}"))).await.expect("create");
+    }
+    let new = holder_of(&client, "rkube-scheduler", &schedulers).await;
+    let new = if new == old {
+        // Its lease has not run out in the store's eyes yet; wait for the other to take it.
+        eventually(Duration::from_secs(30), "the other scheduler takes over", || async {
+            let n = holder_of(&client, "rkube-scheduler", &schedulers).await;
+            (n != old).then_some(n)
+        })
+        .await
+    } else {
+        new
+    };
+    assert_ne!(new, old);
+
+    // Every binding seen from here on: each pod gets a node once, and keeps it.
+    let mut bound: HashMap<String, String> = HashMap::new();
+    let check = |p: &Pod, bound: &mut HashMap<String, String>| {
+        let node = p.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+        if node.is_empty() {
+            return;
+        }
+        if let Some(before) = bound.insert(p.meta().name.clone(), node.clone()) {
+            assert_eq!(before, node, "{} was bound twice", p.meta().name);
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    while bound.len() < 20 {
+        let ev = tokio::time::timeout_at(deadline, watch.next()).await.expect("every pod is bound in time");
+        if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev.expect("the watch goes on").expect("an event") {
+            check(&p, &mut bound);
+        }
+    }
+
+    // The deposed leader wakes with those pods in its queue, finds its lease gone and stops.
+    schedulers[old].signal("-CONT");
+    let more = [bare_pod("after-0"), bare_pod("after-1")];
+    for p in &more {
+        pods.create(p).await.expect("create");
+    }
+    eventually(Duration::from_secs(20), "the old leader notices", || async {
+        schedulers[old].log_text().contains("lost leadership").then_some(())
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while bound.len() < 22 {
+        let ev = tokio::time::timeout_at(deadline, watch.next()).await.expect("the new pods are bound in time");
+        if let WatchEvent::Added(p) | WatchEvent::Modified(p) = ev.expect("the watch goes on").expect("an event") {
+            check(&p, &mut bound);
+        }
+    }
+    // Whatever the old leader still tried was refused: the final state is the new leader's.
+    let (items, _) = pods.list(&ListParams::default()).await.expect("list");
+    assert_eq!(items.len(), 22);
+    for p in &items {
+        assert_eq!(Some(&p.spec.as_ref().expect("spec").node_name), bound.get(&p.meta().name));
+    }
+    let holder = holder_of(&client, "rkube-scheduler", &schedulers).await;
+    assert_eq!(holder, new, "the woken scheduler did not take the lease back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
+    let c = Cluster::start(1).await;
+    let managers = [Component::start(&c, "controller-manager", 0), Component::start(&c, "controller-manager", 1)];
+    let _scheduler = Component::start(&c, "scheduler", 0);
+    let _nodes = Hollow::start(&c, "w", 3);
+    let client = client(&c);
+    wait_nodes(&client, 3).await;
+    let deploys = Api::<Deployment>::namespaced(&client, "default");
+    deploys.create(&deployment("fenced", 4, "httpd:1")).await.expect("create");
+    wait_running(&client, "default", "fenced", 4).await;
+
+    let pods = Api::<Pod>::namespaced(&client, "default");
+    let (items, meta) = pods.list(&ListParams::default().labels("app=fenced")).await.expect("list");
+    let mut watch =
+        pods.watch(&ListParams::default().labels("app=fenced"), &meta.resource_version).await.expect("watch");
+    let mut state: HashMap<String, Pod> = items.into_iter().map(|p| (p.meta().name.clone(), p)).collect();
+
+    // Pause the leader just as a rollout starts; the other takes over and finishes it.
+    let old = holder_of(&client, "rkube-controller-manager", &managers).await;
+    let mut d = deploys.get("fenced").await.expect("get");
+    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
+        [0]
+    .image = "httpd:2".into();
+    deploys.update(&d).await.expect("roll out httpd:2");
+    managers[old].signal("-STOP");
+    let leases = Api::<Lease>::namespaced(&client, "kube-system");
+    let old_holder = leases.get("rkube-controller-manager").await.expect("lease").spec.expect("spec").holder_identity;
+    let mut resumed = false;
+    let mut max_live = 0usize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        // Wake the old leader as soon as the other has taken over: it wakes with the rollout's
+        // work in its queue and a cache from before its pause.
+        if !resumed {
+            let l = leases.get("rkube-controller-manager").await.expect("lease");
+            if l.spec.is_some_and(|s| !s.holder_identity.is_empty() && s.holder_identity != old_holder) {
+                managers[old].signal("-CONT");
+                resumed = true;
+            }
+        }
+        match tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
+            Ok(ev) => match ev.expect("the watch goes on").expect("an event") {
+                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                    state.insert(p.meta().name.clone(), p);
+                }
+                WatchEvent::Deleted(p) => {
+                    state.remove(&p.meta().name);
+                }
+                WatchEvent::Bookmark(_) => {}
+            },
+            Err(_) => {
+                if tokio::time::Instant::now() > deadline {
+                    let summary: Vec<String> = state
+                        .values()
+                        .map(|p| {
+                            let image = &p.spec.as_ref().expect("spec").containers[0].image;
+                            let phase = p.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+                            let deleting = !p.meta().deletion_timestamp.is_empty();
+                            format!("{} {image} {phase} deleting={deleting}", p.meta().name)
+                        })
+                        .collect();
+                    let logs: Vec<String> = managers.iter().map(Component::log_text).collect();
+                    panic!(
+                        "the rollout did not finish in time (resumed: {resumed}): {summary:#?}\n{}",
+                        logs.join("\n-----\n")
+                    );
+                }
+            }
+        }
+        let live: Vec<&Pod> = state.values().filter(|p| p.meta().deletion_timestamp.is_empty()).collect();
+        max_live = max_live.max(live.len());
+        assert!(max_live <= 5, "at most replicas + maxSurge = 5 live pods at any moment, saw {max_live}");
+        let done = live.len() == 4
+            && live.iter().all(|p| running(p) && p.spec.as_ref().expect("spec").containers[0].image == "httpd:2");
+        if resumed && done && state.len() == live.len() {
+            break;
+        }
+    }
+    let new = holder_of(&client, "rkube-controller-manager", &managers).await;
+    assert_ne!(new, old, "the other controller manager finished the rollout");
+}

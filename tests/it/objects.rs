@@ -597,3 +597,33 @@ async fn the_api_keeps_working_through_the_kill_of_a_master() {
         assert!(names.contains(n), "acknowledged {n} is missing after the failover");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_expire_after_their_ttl_and_other_objects_stay() {
+    let c = Cluster::start_with(1, &["--event-ttl", "2"]).await;
+    let client = client(&c);
+    let events = Api::<Event>::namespaced(&client, "default");
+    let cms = Api::<ConfigMap>::namespaced(&client, "default");
+    cms.create(&sample::<ConfigMap>("stays")).await.expect("create configmap");
+    let (_, meta) = events.list(&ListParams::default()).await.expect("list");
+    let mut watch = events.watch(&ListParams::default(), &meta.resource_version).await.expect("watch");
+    let mut ev = events.create(&sample::<Event>("seen")).await.expect("create event");
+    // A repeat (count + 1) keeps it under a lease too.
+    ev.count = 2;
+    events.update(&ev).await.expect("update event");
+    assert_eq!(events.get("seen").await.expect("still there").count, 2);
+    // The store deletes it: a watcher sees it go, and it is gone for readers.
+    let deleted = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match watch.next().await.expect("the watch goes on").expect("an event") {
+                WatchEvent::Deleted(e) => break e,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("the event expires within its TTL and the lease window");
+    assert_eq!(deleted.meta().name, "seen");
+    assert!(events.get("seen").await.expect_err("expired").is_not_found());
+    assert_eq!(cms.get("stays").await.expect("other kinds do not expire").data["k"], "v");
+}
