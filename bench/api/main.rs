@@ -693,49 +693,79 @@ async fn list_all(api: &Api<Pod>, page: i64) -> Result<(Vec<Pod>, usize), Client
     }
 }
 
+/// One kind of list and what its runs saw.
+struct ListKind {
+    what: &'static str,
+    all_namespaces: bool,
+    page: i64,
+    tally: Tally,
+    counts: Vec<usize>,
+    runs: Vec<String>,
+    bytes: usize,
+    calls: usize,
+}
+
+/// Lists every pod in one call, in pages, and across all namespaces, `list_runs` times each;
+/// the kinds take turns (and each run goes to the next member) so that anything that slows a
+/// moment down is shared among them.
 async fn list_steps(cfg: &Config, members: &[Member], report: &mut Report) -> anyhow::Result<()> {
-    let kinds: [(&str, bool, i64); 3] = [
-        ("list, one call", false, 0),
-        ("list, paged", false, cfg.page_size),
-        ("list, all namespaces, one call", true, 0),
+    let kind = |what, all_namespaces, page| ListKind {
+        what,
+        all_namespaces,
+        page,
+        tally: Tally::new(),
+        counts: Vec::new(),
+        runs: Vec::new(),
+        bytes: 0,
+        calls: 0,
+    };
+    let mut kinds = [
+        kind("list, one call", false, 0),
+        kind("list, paged", false, cfg.page_size),
+        kind("list, all namespaces, one call", true, 0),
     ];
-    for (what, all, page) in kinds {
-        let mut t = Tally::new();
-        let mut counts = Vec::new();
-        let mut bytes = 0;
-        let mut calls = 0;
-        let start = Instant::now();
-        for run in 0..cfg.list_runs {
-            let m = &members[run % members.len()];
-            let api = if all { &m.all_pods } else { &m.pods };
+    let start = Instant::now();
+    for run in 0..cfg.list_runs {
+        for (k, kind) in kinds.iter_mut().enumerate() {
+            let m = &members[(run + k) % members.len()];
+            let api = if kind.all_namespaces { &m.all_pods } else { &m.pods };
             let sent = Instant::now();
-            let answer = tokio::time::timeout(cfg.timeout, list_all(api, page)).await;
+            let answer = tokio::time::timeout(cfg.timeout, list_all(api, kind.page)).await;
             let latency = sent.elapsed();
+            kind.runs.push(format!("{:.0} ms at {}", latency.as_secs_f64() * 1000.0, m.endpoint));
             let answer = answer.map(|r| {
-                r.map(|(pods, c)| {
-                    counts.push(pods.len());
-                    bytes = pods.iter().map(Message::encoded_len).sum::<usize>();
-                    calls = c;
+                r.map(|(pods, calls)| {
+                    kind.counts.push(pods.len());
+                    kind.bytes = pods.iter().map(Message::encoded_len).sum::<usize>();
+                    kind.calls = calls;
                     Done::ok()
                 })
             });
-            t.record(latency, answer);
+            kind.tally.record(latency, answer);
         }
-        t.elapsed = start.elapsed();
-        let step = if page > 0 { format!("{what} ({page} a page, {calls} calls)") } else { what.to_string() };
-        report.step(&step, None, &t)?;
-        let count = counts.first().copied().unwrap_or(0);
-        if counts.iter().any(|&c| c != count) {
-            report.notes.push(format!("{step}: the runs returned different numbers of pods: {counts:?}"));
+    }
+    for kind in kinds.iter_mut() {
+        kind.tally.elapsed = start.elapsed();
+        let t = &kind.tally;
+        let step = if kind.page > 0 {
+            format!("{} ({} a page, {} calls)", kind.what, kind.page, kind.calls)
+        } else {
+            kind.what.to_string()
+        };
+        report.step(&step, None, t)?;
+        report.notes.push(format!("{step}, each run: {}", kind.runs.join(", ")));
+        let count = kind.counts.first().copied().unwrap_or(0);
+        if kind.counts.iter().any(|&c| c != count) {
+            report.notes.push(format!("{step}: the runs returned different numbers of pods: {:?}", kind.counts));
         }
-        if !all && count as u64 != cfg.pods {
+        if !kind.all_namespaces && count as u64 != cfg.pods {
             report.notes.push(format!("{step}: {count} pods listed, {} expected", cfg.pods));
         }
-        if what == "list, one call" && count > 0 {
+        if kind.page == 0 && !kind.all_namespaces && count > 0 {
             report.notes.push(format!(
                 "a benchmark pod is {} bytes of protobuf on average; the list of {count} pods carries {:.1} MiB",
-                bytes / count,
-                bytes as f64 / (1 << 20) as f64
+                kind.bytes / count,
+                kind.bytes as f64 / (1 << 20) as f64
             ));
         }
         let ours = match t.max_ms() {

@@ -108,14 +108,16 @@ log "cluster started (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 
 report=$results/api-report.md
 {
-  echo "rkube $rev; bench-api, $pods pods; $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "rkube $rev; bench-api, $pods pods; $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC');" \
+    "load average at the start $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   "$bin/bench-api" --endpoints "$endpoints" --pods "$pods" --rates "${rates// /,}" \
     --duration-secs "$duration" --list-runs "$list_runs" --page-size "$page_size" \
     --watch-rate "$watch_rate" --watch-secs "$watch_secs" --fill-concurrency "$fill_concurrency" \
     --json "$out" </dev/null
+  echo
+  echo "Load average at the end $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s from the start of the cluster."
 } >"$report.tmp"
 mv "$report.tmp" "$report"
-log "load average at the end $(cut -d' ' -f1-3 /proc/loadavg)"
 cat "$report"
 log "done in $((SECONDS - started)) s; results in $out, table in $report"
