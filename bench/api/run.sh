@@ -116,6 +116,13 @@ report=$results/api-report.md
     --watch-rate "$watch_rate" --watch-secs "$watch_secs" --fill-concurrency "$fill_concurrency" \
     --json "$out" </dev/null
   echo
+  # Replication calls that overran their deadline (openraft's heartbeat-long timeout for
+  # AppendEntries) are retried: under CPU contention they show up as write latency spikes.
+  for i in 1 2 3; do
+    echo "- member $i: $(grep -c 'error replication to target=.*timed out' "$results/api-rkube$i.log" || true)" \
+      "replication calls timed out, $(grep -c 'built snapshot' "$results/api-rkube$i.log" || true) snapshots built"
+  done
+  echo
   echo "Load average at the end $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s from the start of the cluster."
 } >"$report.tmp"
 mv "$report.tmp" "$report"
