@@ -54,6 +54,11 @@ const SEQ_ANNOTATION: &str = "bench.rkube.io/seq";
 const SENT_ANNOTATION: &str = "bench.rkube.io/sent-unix-nanos";
 /// The annotation an Update step changes.
 const UPDATE_ANNOTATION: &str = "bench.rkube.io/update";
+/// A request of an open-loop step slower than this is listed with when it was due, so that
+/// slow requests can be told apart as isolated or as one pause that held everything in flight.
+const SLOW: Duration = Duration::from_millis(100);
+/// Slow requests due within this of the end of the previous one belong to the same pause.
+const PAUSE_GAP: Duration = Duration::from_millis(500);
 /// How long the watchers may take to see the last writes once the writer is done.
 const WATCH_DRAIN: Duration = Duration::from_secs(10);
 
@@ -335,6 +340,8 @@ struct Tally {
     conflicts: u64,
     errors: BTreeMap<String, u64>,
     elapsed: Duration,
+    /// Requests slower than [`SLOW`]: when each was due (wall clock) and its latency.
+    slow: Vec<(SystemTime, Duration)>,
 }
 
 impl Tally {
@@ -347,6 +354,7 @@ impl Tally {
             conflicts: 0,
             errors: BTreeMap::new(),
             elapsed: Duration::ZERO,
+            slow: Vec::new(),
         }
     }
 
@@ -377,6 +385,24 @@ impl Tally {
         }
     }
 
+    /// The slow requests grouped into pauses: (first due, last answer, requests, worst latency).
+    fn pauses(&self) -> Vec<(SystemTime, SystemTime, usize, Duration)> {
+        let mut slow = self.slow.clone();
+        slow.sort();
+        let mut pauses: Vec<(SystemTime, SystemTime, usize, Duration)> = Vec::new();
+        for (due, latency) in slow {
+            match pauses.last_mut() {
+                Some(p) if due <= p.1 + PAUSE_GAP => {
+                    p.1 = p.1.max(due + latency);
+                    p.2 += 1;
+                    p.3 = p.3.max(latency);
+                }
+                _ => pauses.push((due, due + latency, 1, latency)),
+            }
+        }
+        pauses
+    }
+
     fn errors(&self) -> u64 {
         self.errors.values().sum()
     }
@@ -402,31 +428,35 @@ where
     Fut: Future<Output = Result<Done, ClientError>> + Send + 'static,
 {
     let mut tally = Tally::new();
-    let mut tasks: JoinSet<(Duration, Answer)> = JoinSet::new();
+    let mut tasks: JoinSet<(Instant, Duration, Answer)> = JoinSet::new();
     let start = Instant::now() + Duration::from_millis(20);
+    let wall_start = SystemTime::now() + Duration::from_millis(20);
+    let record = |tally: &mut Tally, (due, latency, answer): (Instant, Duration, Answer)| {
+        if latency > SLOW && matches!(answer, Ok(Ok(_))) {
+            tally.slow.push((wall_start + due.saturating_duration_since(start), latency));
+        }
+        tally.record(latency, answer);
+    };
     for i in 0..total {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due).await;
         while let Some(done) = tasks.try_join_next() {
-            let (latency, answer) = done.expect("a request task does not panic");
-            tally.record(latency, answer);
+            record(&mut tally, done.expect("a request task does not panic"));
         }
         while tasks.len() >= cfg.max_in_flight {
             if let Some(done) = tasks.join_next().await {
-                let (latency, answer) = done.expect("a request task does not panic");
-                tally.record(latency, answer);
+                record(&mut tally, done.expect("a request task does not panic"));
             }
         }
         let request = op(i, due);
         let timeout = cfg.timeout;
         tasks.spawn(async move {
             let answer = tokio::time::timeout(timeout, request).await;
-            (Instant::now().saturating_duration_since(due), answer)
+            (due, Instant::now().saturating_duration_since(due), answer)
         });
     }
     while let Some(done) = tasks.join_next().await {
-        let (latency, answer) = done.expect("a request task does not panic");
-        tally.record(latency, answer);
+        record(&mut tally, done.expect("a request task does not panic"));
     }
     tally.elapsed = start.elapsed();
     tally
@@ -471,6 +501,23 @@ impl Report {
     fn step(&mut self, step: &str, rate: Option<f64>, t: &Tally) -> anyhow::Result<()> {
         for (msg, n) in &t.errors {
             eprintln!("bench-api: {step}: {n} × {msg}");
+        }
+        let pauses = t.pauses();
+        if !pauses.is_empty() {
+            let each: Vec<String> = pauses
+                .iter()
+                .map(|(from, to, n, worst)| {
+                    format!("{}-{} UTC ({n}, worst {:.0} ms)", clock(*from), clock(*to), worst.as_secs_f64() * 1000.0)
+                })
+                .collect();
+            self.notes.push(format!(
+                "{step}{}: {} requests over {} ms, in {} pauses: {}",
+                rate.map(|r| format!(" at {r:.0} req/s")).unwrap_or_default(),
+                t.slow.len(),
+                SLOW.as_millis(),
+                pauses.len(),
+                each.join(", ")
+            ));
         }
         let opt = |v: Option<f64>| v.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into());
         let achieved = t.ok as f64 / t.elapsed.as_secs_f64().max(1e-9);
@@ -678,6 +725,12 @@ async fn single_object_steps(cfg: &Config, members: &[Member], rate: f64, report
 }
 
 /// Lists every pod, `page` at a time (0: one call); returns the pods and the calls made.
+/// A wall-clock time of day as HH:MM:SS.mmm (UTC), to match the members' logs.
+fn clock(t: SystemTime) -> String {
+    let ms = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() % 86_400_000;
+    format!("{:02}:{:02}:{:02}.{:03}", ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000)
+}
+
 async fn list_all(api: &Api<Pod>, page: i64) -> Result<(Vec<Pod>, usize), ClientError> {
     let mut params = ListParams::default().limit(page);
     let mut pods = Vec::new();
