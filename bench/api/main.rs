@@ -17,6 +17,8 @@
 //! then whatever is still in flight, and its latency runs from that due time, not from when it
 //! left, so a slow answer delays nobody's clock (no coordinated omission). Requests go
 //! round-robin over the members, each through the crate's own client (`rkube::client`).
+//! Requests slower than 100 ms are listed by wall-clock time, grouped into pauses, to be matched
+//! with the members' logs.
 //!
 //! The report is a table of every step and one of the targets (figure, ours, target, met?);
 //! `--json FILE` also appends one JSON object per figure to FILE.
@@ -1051,6 +1053,20 @@ mod tests {
         let pod = bench_pod("bench", &fill_name(7), 7);
         assert_eq!(pod.meta().name, "pod-000007");
         assert_eq!(pod.spec.as_ref().map(|s| s.containers.len()), Some(1));
+    }
+
+    #[test]
+    fn slow_requests_close_together_make_one_pause() {
+        let t0 = UNIX_EPOCH + Duration::from_secs(3600);
+        let ms = Duration::from_millis;
+        let mut t = Tally::new();
+        // Two overlapping slow requests, one 400 ms after the first pause ended, one far later.
+        t.slow = vec![(t0 + ms(2000), ms(150)), (t0, ms(200)), (t0 + ms(10), ms(300)), (t0 + ms(710), ms(120))];
+        let pauses = t.pauses();
+        assert_eq!(pauses.len(), 2, "{pauses:?}");
+        assert_eq!(pauses[0], (t0, t0 + ms(830), 3, ms(300)));
+        assert_eq!(pauses[1], (t0 + ms(2000), t0 + ms(2150), 1, ms(150)));
+        assert_eq!(clock(t0 + ms(61_005)), "01:01:01.005");
     }
 
     #[test]
