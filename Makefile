@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Release builds everywhere: RocksDB is compiled once, and tests exercise the binaries users run.
 PROFILE := --release
 
-.PHONY: deps test-deps dev build test verify fmt clippy bench-kv clean
+.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-api clean
 
 deps:
 	@scripts/deps.sh build
@@ -34,6 +34,10 @@ verify: fmt clippy test
 bench-kv:
 	@scripts/deps.sh bench
 	bench/kv/run.sh
+
+# The object API (bench/README.md): 10 000 pods on a 3-member cluster; needs nothing but the build.
+bench-api: deps
+	bench/api/run.sh
 
 clean:
 	$(CARGO) clean
