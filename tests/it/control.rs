@@ -586,3 +586,53 @@ async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
     let new = holder_of(&client, "rkube-controller-manager", &managers).await;
     assert_ne!(new, old, "the other controller manager finished the rollout");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreate_rollout_stops_every_old_pod_before_starting_new_ones() {
+    let c = Cluster::start_with(1, &["--control-plane", "true"]).await;
+    let _nodes = Hollow::start(&c, "w", 2);
+    let client = client(&c);
+    wait_nodes(&client, 2).await;
+    let deploys = Api::<Deployment>::namespaced(&client, "default");
+    let mut d = deployment("recreate", 3, "httpd:1");
+    d.spec.as_mut().expect("spec").strategy =
+        Some(DeploymentStrategy { r#type: "Recreate".into(), rolling_update: None });
+    deploys.create(&d).await.expect("create");
+    wait_running(&client, "default", "recreate", 3).await;
+
+    let pods = Api::<Pod>::namespaced(&client, "default");
+    let (items, meta) = pods.list(&ListParams::default().labels("app=recreate")).await.expect("list");
+    let mut watch =
+        pods.watch(&ListParams::default().labels("app=recreate"), &meta.resource_version).await.expect("watch");
+    let mut d = deploys.get("recreate").await.expect("get");
+    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
+        [0]
+    .image = "httpd:2".into();
+    deploys.update(&d).await.expect("roll out httpd:2");
+
+    // Pods of both templates never exist at once, terminating ones included.
+    let image = |p: &Pod| p.spec.as_ref().expect("spec").containers[0].image.clone();
+    let mut state: HashMap<String, Pod> = items.into_iter().map(|p| (p.meta().name.clone(), p)).collect();
+    let mut old_deleted = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, watch.next()).await.expect("the rollout finishes in time");
+        match ev.expect("the watch goes on").expect("an event") {
+            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+                state.insert(p.meta().name.clone(), p);
+            }
+            WatchEvent::Deleted(p) => {
+                state.remove(&p.meta().name);
+                old_deleted += usize::from(image(&p) == "httpd:1");
+            }
+            WatchEvent::Bookmark(_) => continue,
+        }
+        let old = state.values().filter(|p| image(p) == "httpd:1").count();
+        let new = state.values().filter(|p| image(p) == "httpd:2").count();
+        assert!(old == 0 || new == 0, "{old} old and {new} new pods at once");
+        if new == 3 && state.values().all(running) {
+            break;
+        }
+    }
+    assert_eq!(old_deleted, 3, "every old pod went");
+}
