@@ -73,6 +73,21 @@ impl ClientError {
 
 /// Whether a status means the request never reached a server (so it is safe to send it to
 /// another, even if it writes).
+/// The call failed before a request went out: no connection could be made.
+pub fn never_sent(s: &Status) -> bool {
+    if s.code() != Code::Unavailable && s.code() != Code::Unknown {
+        return false;
+    }
+    let m = s.message().to_ascii_lowercase();
+    let mut src = std::error::Error::source(s);
+    let mut chain = m.clone();
+    while let Some(e) = src {
+        chain.push_str(&e.to_string().to_ascii_lowercase());
+        src = e.source();
+    }
+    chain.contains("tcp connect error") || chain.contains("connection refused") || chain.contains("dns error")
+}
+
 fn unreachable(s: &Status) -> bool {
     if s.code() != Code::Unavailable && s.code() != Code::Unknown {
         return false;
@@ -213,7 +228,11 @@ impl Client {
             match call(self.inner.channels[i].clone()).await {
                 Ok(v) => return Ok(v),
                 Err(s) => {
-                    let retry = unreachable(&s) || (idempotent && s.code() == Code::Unavailable);
+                    // A write goes to the next master only when it certainly never left: a
+                    // connection that broke after sending may have carried it, and a retry
+                    // would then answer Conflict or AlreadyExists for a write that happened.
+                    let retry =
+                        if idempotent { unreachable(&s) || s.code() == Code::Unavailable } else { never_sent(&s) };
                     if !retry {
                         return Err(s.into());
                     }

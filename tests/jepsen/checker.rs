@@ -5,9 +5,11 @@
 //! - [`set`]: no acknowledged add is lost; nothing appears that was not added; members agree.
 //! - [`watch`]: watch streams are ordered, without duplicates or gaps, atomic per revision,
 //!   resumable, the same on every member, and agree with the acknowledged writes.
+//! - [`objects`]: resourceVersions never go back, no update is lost, members converge.
 //! - [`recovery`]: after the last heal, a leader and successful writes within a bound.
 
 pub mod linearizable;
+pub mod objects;
 pub mod recovery;
 pub mod set;
 pub mod watch;

@@ -47,6 +47,13 @@ pub enum F {
     WatchOpen,
     /// Watch: one response's events (value: `[[rev, key, value or null], ...]`).
     WatchEvents,
+    /// Objects: a linearizable Get of `key` (value: `{"rv", "val"}`).
+    ObjGet,
+    /// Objects: a compare-and-swap update of `key` (value: `{"from": rv, "val"}`; `rev`: the
+    /// new resourceVersion).
+    ObjUpdate,
+    /// Objects: the final reads of every object (value: `{key: {"rv", "val"}}`).
+    ObjFinal,
     /// Nemesis: a fault begins (value: `{"fault": name, "detail": ...}`).
     Fault,
     /// Nemesis: the fault ends.

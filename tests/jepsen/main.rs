@@ -76,6 +76,8 @@ pub struct Workloads {
     pub register: bool,
     pub set: bool,
     pub watch: bool,
+    /// Pods and Deployments through the rkube.v1 API (rkube only: etcd has no such API).
+    pub objects: bool,
 }
 
 pub struct Scenario {
@@ -90,8 +92,8 @@ pub struct Scenario {
     pub overrides: Vec<String>,
 }
 
-const ALL: Workloads = Workloads { register: true, set: true, watch: true };
-const REGISTER: Workloads = Workloads { register: true, set: false, watch: false };
+const ALL: Workloads = Workloads { register: true, set: true, watch: true, objects: true };
+const REGISTER: Workloads = Workloads { register: true, set: false, watch: false, objects: false };
 
 fn suite(name: &str, system: System) -> Result<Vec<Scenario>> {
     let s = |name, workloads, faults, seconds| Scenario {
@@ -125,6 +127,12 @@ fn suite(name: &str, system: System) -> Result<Vec<Scenario>> {
                 "watch-partition-kill",
                 Workloads { watch: true, ..Default::default() },
                 [Fault::partitions(), Fault::kills()].concat(),
+                90,
+            ),
+            s(
+                "objects-kill-partition",
+                Workloads { objects: true, ..Default::default() },
+                [Fault::kills(), Fault::partitions()].concat(),
                 90,
             ),
             s("mixed-replace", ALL, vec![Fault::ReplaceMember, Fault::KillLeader, Fault::PartitionRandom], 90),
@@ -190,6 +198,12 @@ async fn run_scenario(
     if sc.workloads.set {
         tasks.push(tokio::spawn(workload::set::run(ctx.clone(), 3)));
     }
+    const OBJECTS: usize = 6;
+    let objects = sc.workloads.objects && system == System::Rkube;
+    if objects {
+        workload::objects::setup(&ctx, OBJECTS, Duration::from_secs(30)).await.context("creating the objects")?;
+        tasks.push(tokio::spawn(workload::objects::run(ctx.clone(), 4, OBJECTS)));
+    }
     let target = Arc::new(AtomicI64::new(0));
     let mut watchers = Vec::new();
     let mut watch_from = 0;
@@ -241,6 +255,9 @@ async fn run_scenario(
     }
     if sc.workloads.set {
         workload::set::final_reads(&ctx, Duration::from_secs(30)).await;
+    }
+    if objects {
+        workload::objects::final_reads(&ctx, OBJECTS, Duration::from_secs(30)).await;
     }
     if sc.workloads.watch {
         if let Some(rev) = workload::watch::sentinel(&ctx, Duration::from_secs(30)).await {

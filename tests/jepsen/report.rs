@@ -110,6 +110,9 @@ impl Report {
             anomalies.extend(a);
             s
         });
+        if has(F::ObjGet) || has(F::ObjUpdate) {
+            anomalies.extend(checker::objects::check(ops));
+        }
         let (rec_anomalies, recovery) = checker::recovery::check(ops, leader_ms, RECOVERY_MS);
         if probed {
             anomalies.extend(rec_anomalies);

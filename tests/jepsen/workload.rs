@@ -8,11 +8,10 @@
 //! - [`watch`]: writes under a prefix while watchers on every member follow it, reconnect and
 //!   resume (watch guarantees).
 //!
-//! A fourth workload, `objects` (Pods and Deployments through the rkube.v1 API with
-//! resourceVersion compare-and-swap), plugs in here once that API exists: a module with a
-//! `run(ctx)` like the others, its operations recorded with new `F` variants, and a checker
-//! for "resourceVersion never goes back, no lost update, members converge".
+//! - [`objects`]: Pods and Deployments through the rkube.v1 API, read and updated with
+//!   resourceVersion compare-and-swap (no lost update, members converge).
 
+pub mod objects;
 pub mod register;
 pub mod set;
 pub mod watch;
