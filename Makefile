@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Release builds everywhere: RocksDB is compiled once, and tests exercise the binaries users run.
 PROFILE := --release
 
-.PHONY: deps test-deps dev build test verify fmt clippy bench-kv clean
+.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-scheduler clean
 
 deps:
 	@scripts/deps.sh build
@@ -34,6 +34,9 @@ verify: fmt clippy test
 bench-kv:
 	@scripts/deps.sh bench
 	bench/kv/run.sh
+
+bench-scheduler: deps
+	bench/scheduler/run.sh
 
 clean:
 	$(CARGO) clean

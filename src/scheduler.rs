@@ -315,10 +315,8 @@ async fn record_events(recorder: Recorder, rx: tokio::sync::mpsc::Receiver<PodEv
 
 /// Queues an event without waiting; drops it when the queue is full.
 fn queue_event(events: &tokio::sync::mpsc::Sender<PodEvent>, event: PodEvent) {
-    if let Err(e) = events.try_send(event) {
-        if let tokio::sync::mpsc::error::TrySendError::Full((pod, _, reason, _)) = e {
-            tracing::debug!(pod = %key_of(pod.as_ref()), reason, "event queue full: event dropped");
-        }
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full((pod, _, reason, _))) = events.try_send(event) {
+        tracing::debug!(pod = %key_of(pod.as_ref()), reason, "event queue full: event dropped");
     }
 }
 

@@ -69,27 +69,8 @@ enum Cmd {
     Pods {
         #[command(flatten)]
         common: Common,
-        /// Pods to create.
-        #[arg(long, default_value_t = 10_000)]
-        count: usize,
-        /// Creates in flight at once.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Namespace of the pods (created if missing).
-        #[arg(long, default_value = "bench")]
-        namespace: String,
-        /// Each pod's cpu request.
-        #[arg(long, default_value = "100m")]
-        cpu: String,
-        /// Each pod's memory request.
-        #[arg(long, default_value = "64Mi")]
-        memory: String,
-        /// Nodes in the cluster (carried into the output).
-        #[arg(long, default_value_t = 0)]
-        nodes: usize,
-        /// Leave the pods in place.
-        #[arg(long)]
-        keep: bool,
+        #[command(flatten)]
+        opts: PodsOpts,
     },
     /// Runs `rkctl run NAME --replicas=N` and times it until N pods run.
     Deployment {
@@ -110,6 +91,35 @@ enum Cmd {
     },
     /// Prints the JSON lines of `pods` and `deployment` as Markdown beside the anchors.
     Report { files: Vec<PathBuf> },
+}
+
+#[derive(Args, Clone, Debug)]
+struct PodsOpts {
+    /// Pods to create.
+    #[arg(long, default_value_t = 10_000)]
+    count: usize,
+    /// Creates in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Namespace of the pods (created if missing).
+    #[arg(long, default_value = "bench")]
+    namespace: String,
+    /// Each pod's cpu request.
+    #[arg(long, default_value = "100m")]
+    cpu: String,
+    /// Each pod's memory request.
+    #[arg(long, default_value = "64Mi")]
+    memory: String,
+    /// Nodes in the cluster (carried into the output).
+    #[arg(long, default_value_t = 0)]
+    nodes: usize,
+    /// Leave the pods in place.
+    #[arg(long)]
+    keep: bool,
+    /// Write this file once every pod is created: a script that starts the scheduler only then
+    /// measures it on a backlog of pending pods (the output says `"mode": "backlog"`).
+    #[arg(long)]
+    created_file: Option<PathBuf>,
 }
 
 fn client(endpoints: &str) -> anyhow::Result<Client> {
@@ -324,17 +334,8 @@ fn pod_object(ns: &str, name: &str, cpu: &str, memory: &str) -> anyhow::Result<P
     }))?)
 }
 
-#[allow(clippy::too_many_arguments)] // one flag each: the subcommand's options
-async fn pods(
-    c: &Common,
-    count: usize,
-    concurrency: usize,
-    ns: &str,
-    cpu: &str,
-    memory: &str,
-    nodes: usize,
-    keep: bool,
-) -> anyhow::Result<()> {
+async fn pods(c: &Common, o: &PodsOpts) -> anyhow::Result<()> {
+    let (count, concurrency, ns) = (o.count, o.concurrency, o.namespace.as_str());
     ensure!(count >= 2 && concurrency >= 1, "--count must be at least 2 and --concurrency at least 1");
     let client = client(&c.endpoints)?;
     ensure_namespace(&client, ns).await?;
@@ -342,7 +343,7 @@ async fn pods(
     let selector = "bench=scheduler";
     let (existing, rv) = list_rv(&api, selector).await?;
     ensure!(existing == 0, "{existing} pods labelled {selector} exist in namespace {ns} already");
-    let template = pod_object(ns, "x", cpu, memory)?;
+    let template = pod_object(ns, "x", &o.cpu, &o.memory)?;
     let tracker = Arc::new(Mutex::new(Tracker::default()));
     let changed = Arc::new(tokio::sync::Notify::new());
     let start = Instant::now();
@@ -378,6 +379,9 @@ async fn pods(
         eprintln!("{n} creates failed: {e}");
     }
     let created = count - failed;
+    if let Some(f) = &o.created_file {
+        std::fs::write(f, format!("{created}\n")).with_context(|| format!("writing {}", f.display()))?;
+    }
     eprintln!(
         "{created} pods created in {:.2} s ({:.0}/s)",
         created_in.as_secs_f64(),
@@ -412,10 +416,11 @@ async fn pods(
     let per_sec = (bind_times.len() - 1) as f64 / span.max(1e-9);
     let overall = bind_times.len() as f64 / (last_bind - t0).as_secs_f64();
     let win = windows(bind_times.clone());
-    let over = check_placement(&client).await?;
+    let (over, not_ready) = check_placement(&client).await?;
     let result = json!({
         "phase": "pods",
-        "nodes": nodes,
+        "mode": if o.created_file.is_some() { "backlog" } else { "streaming" },
+        "nodes": o.nodes,
         "pods": count,
         "created": created,
         "create_errors": failed,
@@ -423,6 +428,7 @@ async fn pods(
         "create_secs": round(created_in.as_secs_f64()),
         "creates_per_sec": round(created as f64 / created_in.as_secs_f64()),
         "first_bind_secs": round((first_bind - t0).as_secs_f64()),
+        "first_bind_after_creates_secs": round(first_bind.as_secs_f64() - (t0 + created_in).as_secs_f64()),
         "bind_span_secs": round(span),
         "binds_per_sec": round(per_sec),
         "binds_per_sec_from_first_create": round(overall),
@@ -435,13 +441,14 @@ async fn pods(
         "all_running_secs": round((last_running - t0).as_secs_f64()),
         "rebinds": rebinds,
         "overcommitted_nodes": over,
+        "nodes_not_ready": not_ready,
     });
     if c.json {
         println!("{result}");
     } else {
         print_pods(&result);
     }
-    if !keep {
+    if !o.keep {
         let n = delete_all(&api, selector, concurrency).await?;
         wait_until(&tracker, &changed, Instant::now() + Duration::from_secs(c.timeout_secs), "pods deleted", |t| {
             let d = t.count(|s| s.sent.is_some() && s.deleted.is_some());
@@ -465,8 +472,9 @@ fn print_pods(r: &serde_json::Value) {
     );
 }
 
-/// Counts nodes whose bound pods (in every namespace) ask for more cpu, memory or pod slots than the node has.
-async fn check_placement(client: &Client) -> anyhow::Result<usize> {
+/// Counts nodes whose bound pods (in every namespace) ask for more cpu, memory or pod slots
+/// than the node has, and nodes no longer Ready.
+async fn check_placement(client: &Client) -> anyhow::Result<(usize, usize)> {
     let (nodes, _) = Api::<Node>::all(client).list(&ListParams::default()).await?;
     let (pods, _) = Api::<Pod>::namespaced(client, "").list(&ListParams::default()).await?;
     let mut used: HashMap<String, (i64, i64, i64)> = HashMap::new();
@@ -482,6 +490,7 @@ async fn check_placement(client: &Client) -> anyhow::Result<usize> {
         u.2 += 1;
     }
     let mut over = 0;
+    let not_ready = nodes.iter().filter(|n| !is_ready(n)).count();
     for n in &nodes {
         let info = rkube::scheduler::NodeInfo::from_node(n);
         if let Some((cpu, mem, count)) = used.get(&info.name) {
@@ -494,7 +503,7 @@ async fn check_placement(client: &Client) -> anyhow::Result<usize> {
             }
         }
     }
-    Ok(over)
+    Ok((over, not_ready))
 }
 
 /// Deletes every pod matching `selector` at once (grace period 0); returns how many.
@@ -641,11 +650,12 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     let pods: Vec<_> = lines.iter().filter(|l| l["phase"] == "pods").collect();
     let deps: Vec<_> = lines.iter().filter(|l| l["phase"] == "deployment").collect();
     if !pods.is_empty() {
-        println!("| nodes | pods | create/s | binds/s first→last bind | 1-s windows min / p50 / max | create→bound p50 ms | p99 ms | all Running s | rebinds | overcommitted nodes |");
-        println!("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        println!("| pods created | nodes | pods | create/s | binds/s first→last bind | 1-s windows min / p50 / max | create→bound p50 ms | p99 ms | all Running s | rebinds | overcommitted nodes |");
+        println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         for r in &pods {
+            let mode = if r["mode"] == "backlog" { "before the scheduler started" } else { "while it runs" };
             println!(
-                "| {} | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {} |",
+                "| {mode} | {} | {} | {} | {} | {} / {} / {} | {} | {} | {} | {} | {} |",
                 f(&r["nodes"]),
                 f(&r["pods"]),
                 f(&r["creates_per_sec"]),
@@ -681,6 +691,10 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     }
     for r in &pods {
         let v = r["binds_per_sec"].as_f64().unwrap_or(0.0);
+        println!(
+            "- pods {}:",
+            if r["mode"] == "backlog" { "created before the scheduler started" } else { "created while it runs" }
+        );
         println!("- anchor: kube-scheduler CI floor {ANCHOR_KUBE_SCHEDULER:.0} pods/s at 5,000 nodes; rkube {v:.0} pods/s at {} nodes ({:.2}×)", f(&r["nodes"]), v / ANCHOR_KUBE_SCHEDULER);
         println!(
             "- anchor: Nomad about {ANCHOR_NOMAD:.0} containers/s; rkube {v:.0} pods/s ({:.2}×)",
@@ -704,9 +718,7 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Nodes { common, count } => wait_nodes(&common, count).await,
-        Cmd::Pods { common, count, concurrency, namespace, cpu, memory, nodes, keep } => {
-            pods(&common, count, concurrency, &namespace, &cpu, &memory, nodes, keep).await
-        }
+        Cmd::Pods { common, opts } => pods(&common, &opts).await,
         Cmd::Deployment { common, replicas, rkctl, namespace, name, nodes } => {
             deployment(&common, replicas, &rkctl, &namespace, &name, nodes).await
         }
