@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Release builds everywhere: RocksDB is compiled once, and tests exercise the binaries users run.
 PROFILE := --release
 
-.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-api clean
+.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-api bench-scheduler clean
 
 deps:
 	@scripts/deps.sh build
@@ -38,6 +38,10 @@ bench-kv:
 # The object API (bench/README.md): 10 000 pods on a 3-member cluster; needs nothing but the build.
 bench-api: deps
 	bench/api/run.sh
+
+# The scheduler (bench/README.md): 1,000 hollow nodes, 10 000 pods, a 3,000-replica Deployment.
+bench-scheduler: deps
+	bench/scheduler/run.sh
 
 clean:
 	$(CARGO) clean

@@ -130,55 +130,86 @@ fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     })
 }
 
+/// What the filters and scores need of one pod, worked out once per pod rather than once per
+/// node: with 1,000 nodes, parsing quantities and cloning the spec for every (pod, node) pair
+/// cost more than everything else the scheduler does.
+struct PodFacts<'a> {
+    cpu: i64,
+    mem: i64,
+    host_ports: Vec<(i32, String)>,
+    owner: Option<String>,
+    node_selector: &'a BTreeMap<String, String>,
+    tolerations: &'a [Toleration],
+    tolerates_not_ready: bool,
+}
+
+static NO_SELECTOR: BTreeMap<String, String> = BTreeMap::new();
+
+impl<'a> PodFacts<'a> {
+    fn of(pod: &'a Pod) -> Self {
+        let (cpu, mem) = requests(pod);
+        let (node_selector, tolerations) = match &pod.spec {
+            Some(s) => (&s.node_selector, s.tolerations.as_slice()),
+            None => (&NO_SELECTOR, &[][..]),
+        };
+        PodFacts {
+            cpu,
+            mem,
+            host_ports: host_ports(pod),
+            owner: owner_uid(pod),
+            node_selector,
+            tolerations,
+            tolerates_not_ready: tolerations
+                .iter()
+                .any(|t| t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule"),
+        }
+    }
+}
+
 /// Why a node cannot take a pod, in the scheduler's words; `None` if it can.
-fn filter(node: &NodeInfo, pod: &Pod) -> Option<String> {
-    let spec = pod.spec.clone().unwrap_or_default();
-    if !node.ready
-        && !spec.tolerations.iter().any(|t| t.key == "node.kubernetes.io/not-ready" && t.effect == "NoSchedule")
-    {
+fn filter(node: &NodeInfo, pod: &PodFacts) -> Option<String> {
+    if !node.ready && !pod.tolerates_not_ready {
         return Some("node(s) were not ready".into());
     }
     if node.unschedulable {
         return Some("node(s) were unschedulable".into());
     }
-    for (k, v) in &spec.node_selector {
+    for (k, v) in pod.node_selector {
         if node.labels.get(k) != Some(v) {
             return Some("node(s) didn't match Pod's node affinity/selector".into());
         }
     }
     for taint in &node.taints {
-        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerates(&spec.tolerations, taint) {
+        if (taint.effect == "NoSchedule" || taint.effect == "NoExecute") && !tolerates(pod.tolerations, taint) {
             return Some(format!("node(s) had untolerated taint {{{}: {}}}", taint.key, taint.value));
         }
     }
     if node.pods + 1 > node.max_pods {
         return Some("Too many pods".into());
     }
-    let (cpu, mem) = requests(pod);
-    if cpu > 0 && node.used_cpu + cpu > node.cpu_millis {
+    if pod.cpu > 0 && node.used_cpu + pod.cpu > node.cpu_millis {
         return Some("Insufficient cpu".into());
     }
-    if mem > 0 && node.used_memory + mem > node.memory {
+    if pod.mem > 0 && node.used_memory + pod.mem > node.memory {
         return Some("Insufficient memory".into());
     }
-    if host_ports(pod).iter().any(|p| node.host_ports.contains(p)) {
+    if pod.host_ports.iter().any(|p| node.host_ports.contains(p)) {
         return Some("node(s) didn't have free ports for the requested pod ports".into());
     }
     None
 }
 
 /// Higher is better: least allocated + balanced allocation + spread of the pod's owner.
-fn score(node: &NodeInfo, pod: &Pod) -> i64 {
-    let (cpu, mem) = requests(pod);
+fn score(node: &NodeInfo, pod: &PodFacts) -> i64 {
     let frac = |used: i64, cap: i64| if cap <= 0 { 1.0 } else { (used as f64 / cap as f64).min(1.0) };
-    let cpu_f = frac(node.used_cpu + cpu, node.cpu_millis);
-    let mem_f = frac(node.used_memory + mem, node.memory);
+    let cpu_f = frac(node.used_cpu + pod.cpu, node.cpu_millis);
+    let mem_f = frac(node.used_memory + pod.mem, node.memory);
     let pods_f = frac(node.pods + 1, node.max_pods);
     let least = ((1.0 - cpu_f) + (1.0 - mem_f) + (1.0 - pods_f)) / 3.0 * 100.0;
     let balanced = (1.0 - (cpu_f - mem_f).abs()) * 100.0;
-    let spread = match owner_uid(pod) {
+    let spread = match &pod.owner {
         Some(o) => {
-            let n = node.owners.get(&o).copied().unwrap_or(0);
+            let n = node.owners.get(o).copied().unwrap_or(0);
             100.0 / (1.0 + n as f64)
         }
         None => 0.0,
@@ -192,13 +223,14 @@ pub fn plan(snapshot: &mut Snapshot, pending: &[Arc<Pod>]) -> (Vec<Binding>, Vec
     let mut bindings = Vec::new();
     let mut failed = Vec::new();
     for pod in pending {
+        let facts = PodFacts::of(pod);
         let mut best: Option<(i64, usize)> = None;
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
         for (i, node) in snapshot.nodes.iter().enumerate() {
-            match filter(node, pod) {
+            match filter(node, &facts) {
                 Some(r) => *reasons.entry(r).or_default() += 1,
                 None => {
-                    let s = score(node, pod);
+                    let s = score(node, &facts);
                     // Ties go to the node with fewer pods, then by name: deterministic.
                     let better = match best {
                         None => true,
@@ -250,12 +282,50 @@ fn is_terminal(pod: &Pod) -> bool {
 
 /// Binds in flight at once.
 const BIND_CONCURRENCY: usize = 256;
+/// Events waiting to be written. When it is full further events are dropped (as client-go's
+/// event broadcaster drops them): an event is never worth slowing down binding.
+const EVENT_QUEUE: usize = 4096;
+/// Events written at once.
+const EVENT_CONCURRENCY: usize = 16;
+
+/// One event for the recorder task: the pod, whether it is a warning, reason, message.
+type PodEvent = (Arc<Pod>, bool, &'static str, String);
+
+/// Writes the events queued by the scheduler loop, a few at a time, until `stop`.
+async fn record_events(recorder: Recorder, rx: tokio::sync::mpsc::Receiver<PodEvent>, stop: CancellationToken) {
+    use futures::StreamExt;
+    let write = tokio_stream::wrappers::ReceiverStream::new(rx).for_each_concurrent(
+        EVENT_CONCURRENCY,
+        |(pod, warning, reason, message)| {
+            let recorder = recorder.clone();
+            async move {
+                if warning {
+                    recorder.warning(pod.as_ref(), reason, &message).await
+                } else {
+                    recorder.normal(pod.as_ref(), reason, &message).await
+                }
+            }
+        },
+    );
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = write => {}
+    }
+}
+
+/// Queues an event without waiting; drops it when the queue is full.
+fn queue_event(events: &tokio::sync::mpsc::Sender<PodEvent>, event: PodEvent) {
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full((pod, _, reason, _))) = events.try_send(event) {
+        tracing::debug!(pod = %key_of(pod.as_ref()), reason, "event queue full: event dropped");
+    }
+}
 
 /// Runs the scheduler loop with `client` (fenced when leader-elected) until `stop`.
 pub async fn run(client: Client, stop: CancellationToken) {
     let pods = Informer::<Pod>::builder().start(&client, stop.clone());
     let nodes = Informer::<Node>::builder().start(&client, stop.clone());
-    let recorder = Recorder::new(&client, "default-scheduler");
+    let (events, events_rx) = tokio::sync::mpsc::channel(EVENT_QUEUE);
+    tokio::spawn(record_events(Recorder::new(&client, "default-scheduler"), events_rx, stop.clone()));
     pods.wait_synced().await;
     nodes.wait_synced().await;
     let mut pod_changes = pods.subscribe();
@@ -320,7 +390,7 @@ pub async fn run(client: Client, stop: CancellationToken) {
             let (delay, _) = backoff.get(&f.pod).copied().unwrap_or((Duration::from_millis(500), now));
             backoff.insert(f.pod.clone(), ((delay * 2).min(Duration::from_secs(10)), now + delay));
             if let Some(p) = pods.cache().get(&f.pod) {
-                recorder.warning(p.as_ref(), "FailedScheduling", &f.message).await;
+                queue_event(&events, (p, true, "FailedScheduling", f.message));
             }
         }
         // Wait for something to change: a pod, a node, a bind finishing, or a backoff expiring.
@@ -337,26 +407,22 @@ pub async fn run(client: Client, stop: CancellationToken) {
                 // New room may have appeared: try unschedulable pods again now.
                 backoff.clear();
             }
-            Some((pod, node, result)) = done_rx.recv() => {
-                in_flight.remove(&pod);
-                match result {
-                    Ok(()) => {
-                        backoff.remove(&pod);
-                        if let Some(p) = pods.cache().get(&pod) {
-                            recorder
-                                .normal(p.as_ref(), "Scheduled", &format!("Successfully assigned {pod} to {node}"))
-                                .await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(pod, node, error = %e, "bind failed");
-                        assumed.remove(&pod);
-                    }
-                }
-                while let Ok((pod, _, result)) = done_rx.try_recv() {
+            Some(first) = done_rx.recv() => {
+                let mut done = Some(first);
+                while let Some((pod, node, result)) = done.take().or_else(|| done_rx.try_recv().ok()) {
                     in_flight.remove(&pod);
-                    if result.is_err() {
-                        assumed.remove(&pod);
+                    match result {
+                        Ok(()) => {
+                            backoff.remove(&pod);
+                            if let Some(p) = pods.cache().get(&pod) {
+                                let message = format!("Successfully assigned {pod} to {node}");
+                                queue_event(&events, (p, false, "Scheduled", message));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(pod, node, error = %e, "bind failed");
+                            assumed.remove(&pod);
+                        }
                     }
                 }
             }
