@@ -31,16 +31,18 @@ const NAMESPACE: &str = "default";
 pub fn write_outcome(e: &ClientError) -> Kind {
     use tonic::Code;
     match e {
-        ClientError::Server { code, .. } => match code {
-            Code::Aborted
-            | Code::AlreadyExists
-            | Code::NotFound
-            | Code::InvalidArgument
-            | Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::ResourceExhausted => Kind::Fail,
-            _ => Kind::Info,
-        },
+        ClientError::Server {
+            code:
+                Code::Aborted
+                | Code::AlreadyExists
+                | Code::NotFound
+                | Code::InvalidArgument
+                | Code::FailedPrecondition
+                | Code::OutOfRange
+                | Code::ResourceExhausted,
+            ..
+        } => Kind::Fail,
+        ClientError::Server { .. } => Kind::Info,
         // Refused before anything was sent.
         ClientError::Connect(m) if m.contains("tcp connect error") || m.contains("refused") => Kind::Fail,
         ClientError::Local(_) => Kind::Fail,
@@ -54,7 +56,7 @@ fn names(ctx: &Ctx, n: usize) -> Vec<String> {
 
 /// Object `i`: even ones are Pods, odd ones Deployments (with no replicas).
 fn key_of(i: usize, name: &str) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         format!("pods/{name}")
     } else {
         format!("deployments/{name}")
@@ -117,7 +119,7 @@ pub async fn setup(ctx: &Ctx, objects: usize, within: Duration) -> anyhow::Resul
         loop {
             let (_, client) = api_client(ctx, attempt);
             attempt += 1;
-            let r = if i % 2 == 0 {
+            let r = if i.is_multiple_of(2) {
                 Api::<Pod>::namespaced(&client, NAMESPACE).create(&pod(name)).await.map(|_| ())
             } else {
                 Api::<Deployment>::namespaced(&client, NAMESPACE).create(&deployment(name)).await.map(|_| ())
@@ -185,7 +187,7 @@ pub async fn run(ctx: Ctx, workers: usize, objects: usize) {
                     n += 1;
                     n * workers as u64 + w as u64 + 1
                 });
-                if i % 2 == 0 {
+                if i.is_multiple_of(2) {
                     step::<Pod>(&ctx, &mut p, &key, &names[i], update).await;
                 } else {
                     step::<Deployment>(&ctx, &mut p, &key, &names[i], update).await;
@@ -203,7 +205,7 @@ async fn read_all(ctx: &Ctx, names: &[String], member: usize) -> Result<BTreeMap
     let (_, client) = api_client(ctx, member);
     let mut out = BTreeMap::new();
     for (i, name) in names.iter().enumerate() {
-        let v = if i % 2 == 0 {
+        let v = if i.is_multiple_of(2) {
             let o = Api::<Pod>::namespaced(&client, NAMESPACE).get(name).await?;
             json!({"rv": rv_of(&o), "val": value_of(&o)})
         } else {
@@ -226,7 +228,7 @@ async fn member_read(ctx: &Ctx, names: &[String], member: usize) -> anyhow::Resu
             out.insert(key_of(i, name), Value::Null);
             continue;
         };
-        let val = if i % 2 == 0 {
+        let val = if i.is_multiple_of(2) {
             let o: Pod = prost::Message::decode(kv.value.as_slice())?;
             value_of(&o)
         } else {
