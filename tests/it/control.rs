@@ -90,6 +90,28 @@ async fn wait_running(client: &Client, ns: &str, app: &str, n: usize) -> Vec<Pod
     .await
 }
 
+/// Changes the image of a Deployment's first container: a rollout.
+async fn roll_out(deploys: &Api<Deployment>, name: &str, image: &str) {
+    let mut d = deploys.get(name).await.expect("get");
+    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
+        [0]
+    .image = image.into();
+    deploys.update(&d).await.expect("roll out");
+}
+
+/// Applies one watch event to the pods seen so far.
+fn apply(state: &mut HashMap<String, Pod>, ev: WatchEvent<Pod>) {
+    match ev {
+        WatchEvent::Added(p) | WatchEvent::Modified(p) => {
+            state.insert(p.meta().name.clone(), p);
+        }
+        WatchEvent::Deleted(p) => {
+            state.remove(&p.meta().name);
+        }
+        WatchEvent::Bookmark(_) => {}
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_runs_spread_over_nodes_and_scales() {
     let c = Cluster::start_with(3, &["--control-plane", "true"]).await;
@@ -144,26 +166,18 @@ async fn a_rolling_update_keeps_within_max_surge_and_max_unavailable_throughout(
     let pods = Api::<Pod>::namespaced(&client, "default");
     let (items, meta) = pods.list(&ListParams::default().labels("app=roll")).await.expect("list");
     let mut watch = pods.watch(&ListParams::default().labels("app=roll"), &meta.resource_version).await.expect("watch");
-    let mut d = deploys.get("roll").await.expect("get");
-    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
-        [0]
-    .image = "httpd:2".into();
-    deploys.update(&d).await.expect("roll out httpd:2");
+    roll_out(&deploys, "roll", "httpd:2").await;
 
     let mut state: HashMap<String, Pod> = items.into_iter().map(|p| (p.meta().name.clone(), p)).collect();
     let (mut max_total, mut min_ready) = (0usize, usize::MAX);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let ev = tokio::time::timeout_at(deadline, watch.next()).await.expect("the rollout finishes in time");
-        match ev.expect("the watch goes on").expect("an event") {
-            WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                state.insert(p.meta().name.clone(), p);
-            }
-            WatchEvent::Deleted(p) => {
-                state.remove(&p.meta().name);
-            }
-            WatchEvent::Bookmark(_) => continue,
+        let ev = ev.expect("the watch goes on").expect("an event");
+        if matches!(ev, WatchEvent::Bookmark(_)) {
+            continue;
         }
+        apply(&mut state, ev);
         let live: Vec<&Pod> = state.values().filter(|p| p.meta().deletion_timestamp.is_empty()).collect();
         let ready = live.iter().filter(|p| running(p)).count();
         max_total = max_total.max(live.len());
@@ -524,11 +538,7 @@ async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
 
     // Pause the leader just as a rollout starts; the other takes over and finishes it.
     let old = holder_of(&client, "rkube-controller-manager", &managers).await;
-    let mut d = deploys.get("fenced").await.expect("get");
-    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
-        [0]
-    .image = "httpd:2".into();
-    deploys.update(&d).await.expect("roll out httpd:2");
+    roll_out(&deploys, "fenced", "httpd:2").await;
     managers[old].signal("-STOP");
     let leases = Api::<Lease>::namespaced(&client, "kube-system");
     let old_holder = leases.get("rkube-controller-manager").await.expect("lease").spec.expect("spec").holder_identity;
@@ -546,15 +556,7 @@ async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
             }
         }
         match tokio::time::timeout(Duration::from_millis(500), watch.next()).await {
-            Ok(ev) => match ev.expect("the watch goes on").expect("an event") {
-                WatchEvent::Added(p) | WatchEvent::Modified(p) => {
-                    state.insert(p.meta().name.clone(), p);
-                }
-                WatchEvent::Deleted(p) => {
-                    state.remove(&p.meta().name);
-                }
-                WatchEvent::Bookmark(_) => {}
-            },
+            Ok(ev) => apply(&mut state, ev.expect("the watch goes on").expect("an event")),
             Err(_) => {
                 if tokio::time::Instant::now() > deadline {
                     let summary: Vec<String> = state
@@ -604,11 +606,7 @@ async fn a_recreate_rollout_stops_every_old_pod_before_starting_new_ones() {
     let (items, meta) = pods.list(&ListParams::default().labels("app=recreate")).await.expect("list");
     let mut watch =
         pods.watch(&ListParams::default().labels("app=recreate"), &meta.resource_version).await.expect("watch");
-    let mut d = deploys.get("recreate").await.expect("get");
-    d.spec.as_mut().expect("spec").template.as_mut().expect("template").spec.as_mut().expect("pod spec").containers
-        [0]
-    .image = "httpd:2".into();
-    deploys.update(&d).await.expect("roll out httpd:2");
+    roll_out(&deploys, "recreate", "httpd:2").await;
 
     // Pods of both templates never exist at once, terminating ones included.
     let image = |p: &Pod| p.spec.as_ref().expect("spec").containers[0].image.clone();
