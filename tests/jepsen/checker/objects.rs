@@ -3,10 +3,8 @@
 //! - **resourceVersion never goes back**: per object, an operation that began after another
 //!   ended never sees an older resourceVersion (a Get's, or the one an update produced);
 //! - **no lost update**: two acknowledged compare-and-swap updates never start from the same
-//!   resourceVersion, and an acknowledged update's value is never seen again once another
-//!   acknowledged update is known to have replaced it... checked at the end: the final read
-//!   holds the value of the acknowledged update with the highest resourceVersion, or of an
-//!   indeterminate update invoked after that one's invocation;
+//!   resourceVersion, and the final read holds the value of the acknowledged update with the
+//!   highest resourceVersion (or of an indeterminate update that may have followed it);
 //! - no Get returns a value that no update wrote, or that a failed (Conflict) update wrote;
 //! - **members converge**: once healed, every member's own read holds the final values.
 
