@@ -128,7 +128,12 @@ impl IpamStore {
         for entry in rd {
             let entry = entry.map_err(self.io(&self.dir))?;
             let Some(ip) = entry.file_name().to_str().and_then(|n| n.parse::<Ipv4Addr>().ok()) else { continue };
-            let owner = std::fs::read_to_string(entry.path()).map_err(self.io(&entry.path()))?;
+            let owner = match std::fs::read_to_string(entry.path()) {
+                Ok(owner) => owner,
+                // Released since read_dir listed it (a concurrent release): no longer held.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io(&entry.path())(e)),
+            };
             out.push((ip, owner.trim().to_string()));
         }
         out.sort();
