@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Release builds everywhere: RocksDB is compiled once, and tests exercise the binaries users run.
 PROFILE := --release
 
-.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-api bench-scheduler clean
+.PHONY: deps test-deps dev build test verify fmt clippy bench-kv bench-api bench-scheduler bench-pods clean
 
 deps:
 	@scripts/deps.sh build
@@ -42,6 +42,11 @@ bench-api: deps
 # The scheduler (bench/README.md): 1,000 hollow nodes, 10 000 pods, a 3,000-replica Deployment.
 bench-scheduler: deps
 	bench/scheduler/run.sh
+
+# Pod start-up (bench/README.md): 100 pods on one real node (runc, root), Docker as the anchor;
+# needs the test packages (runc, busybox-static, docker-registry, skopeo).
+bench-pods: deps test-deps
+	bench/pods/run.sh
 
 clean:
 	$(CARGO) clean
