@@ -304,6 +304,9 @@ struct Seen {
     last: String,
 }
 
+/// When the watch saw one step of a pod.
+type Mark = fn(&Seen) -> Option<Duration>;
+
 #[derive(Default)]
 struct Tracker {
     pods: HashMap<String, Seen>,
@@ -602,11 +605,11 @@ async fn rkube(o: &RkubeOpts) -> anyhow::Result<()> {
         let load_after = loadavg();
         let t = bench.tracker.lock();
         let mine: Vec<&Seen> = all.iter().filter_map(|n| t.pods.get(n)).collect();
-        let since = |from: fn(&Seen) -> Option<Duration>, to: fn(&Seen) -> Option<Duration>| {
+        let since = |from: Mark, to: Mark| {
             Dist::of(mine.iter().filter_map(|s| Some(ms(to(s)?.checked_sub(from(s)?).unwrap_or_default()))).collect())
         };
         let mut phases = BTreeMap::new();
-        let steps: [(&str, fn(&Seen) -> Option<Duration>, fn(&Seen) -> Option<Duration>); 7] = [
+        let steps: [(&str, Mark, Mark); 7] = [
             ("1 create answered", |s| s.sent, |s| s.answered),
             ("2 bound", |s| s.sent, |s| s.bound),
             ("3 kubelet's first status", |s| s.sent, |s| s.kubelet),

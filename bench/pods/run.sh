@@ -17,6 +17,7 @@
 # Knobs (environment):
 #   BENCH_PODS          pods (containers) per run                  default 100
 #   BENCH_BATCH         pods created at once in the batched run    default 10
+#   BENCH_MODES         runs, in order: one (a pod at a time), batches, all   default one,batches,all
 #   BENCH_DOCKER        0: no Docker anchor                        default 1
 #   BENCH_PORT_BASE     loopback ports base+1 (API), +11 (Raft), +21 (kubelet)   default 31400
 #   BENCH_BRIDGE        the node's bridge                          default rkbench0
@@ -31,6 +32,7 @@ cd "$repo"
 
 count=${BENCH_PODS:-100}
 batch=${BENCH_BATCH:-10}
+modes=${BENCH_MODES:-one,batches,all}
 use_docker=${BENCH_DOCKER:-1}
 port_base=${BENCH_PORT_BASE:-31400}
 bridge=${BENCH_BRIDGE:-rkbench0}
@@ -124,9 +126,9 @@ sleep 1
 kill -0 "$server_pid" 2>/dev/null || die "rkube server exited; see $results/pods-server.log"
 kill -0 "$node_pid" 2>/dev/null || die "rkube node exited; see $results/pods-node.log"
 
-log "rkube: $count pods, one at a time, in batches of $batch and all at once (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+log "rkube: $count pods, runs $modes (batches of $batch) (load average $(cut -d' ' -f1-3 /proc/loadavg))"
 "$bin/bench-pods" rkube --endpoints "$endpoint" --node bench-node --count "$count" --batch "$batch" \
-  --memory "server=$server_pid,node=$node_pid" --json "$out" </dev/null
+  --modes "$modes" --memory "server=$server_pid,node=$node_pid" --json "$out" </dev/null
 
 docker_note=""
 if [ "$use_docker" != 1 ]; then
@@ -140,7 +142,7 @@ else
   fi
   log "Docker (anchor): the same $count containers (load average $(cut -d' ' -f1-3 /proc/loadavg))"
   "$bin/bench-pods" docker --image "$docker_image" --prefix "$docker_prefix" --count "$count" \
-    --batch "$batch" --json "$out" </dev/null || docker_note="Docker anchor failed; see the log above."
+    --batch "$batch" --modes "$modes" --json "$out" </dev/null || docker_note="Docker anchor failed; see the log above."
 fi
 
 report=$results/pods-report.md
