@@ -10,8 +10,9 @@
 # (htpasswd, from apache2-utils).
 #
 # `start` builds two images in an OCI layout under DIR/oci, from busybox-static:
-#   library/httpd:latest    entrypoint `/bin/busybox httpd -f -v -p 80 -h /www` (serves
-#                           /www/index.html, "hello from rkube")
+#   library/httpd:latest    `/bin/busybox httpd -f -v -p 80 -h /www` (serves /www/index.html,
+#                           "hello from rkube") under a shell that stops it at SIGTERM, as
+#                           Apache's httpd stops (as PID 1, busybox httpd would ignore it)
 #   library/busybox:latest  cmd `sh`
 # runs Debian's docker-registry on a free 127.0.0.1 port with its storage in DIR/data, pushes
 # both images to it with skopeo, and writes archives for `rkube image import`:
@@ -74,7 +75,7 @@ build_images() {
   for image in httpd busybox; do
     local process config cfg cfg_digest cfg_size man man_digest man_size
     if [ "$image" = httpd ]; then
-      process='"Entrypoint":["/bin/busybox","httpd","-f","-v","-p","80","-h","/www"]'
+      process='"Entrypoint":["/bin/busybox","sh","-c","trap \"kill $httpd; exit 0\" TERM; /bin/busybox httpd -f -v -p 80 -h /www \u0026 httpd=$!; wait"]'
     else
       process='"Cmd":["sh"]'
     fi

@@ -603,6 +603,19 @@ impl Api<Pod> {
             })
             .await
     }
+
+    /// Runs a command in a running container of the pod; the stream ends with its exit code.
+    /// Not retried on another master once sent (the command may have run).
+    pub async fn exec(&self, r: ExecRequest) -> Result<Streaming<ExecOutput>, ClientError> {
+        let mut r = r;
+        r.namespace = self.ns_for(&r.namespace);
+        self.client
+            .call(false, |ch| {
+                let req = Request::new(r.clone());
+                async move { Ok(pb::pods_client::PodsClient::new(ch).exec(req).await?.into_inner()) }
+            })
+            .await
+    }
 }
 
 impl Api<Deployment> {

@@ -175,26 +175,37 @@ service!(pods_server::Pods, Pod {
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
-        let pod = self.api.get::<Pod>(&r.namespace, &r.name).await?;
-        let node = pod.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
-        if node.is_empty() {
-            return Err(ApiError::BadRequest(format!(
-                "pod {:?} is not scheduled to a node yet: no logs", r.name
-            )).into());
+        let mut kubelet = kubelet_of_pod(&self.api, &r.namespace, &r.name, "no logs").await?;
+        Ok(Response::new(relay(kubelet.logs(r).await?.into_inner())))
+    }
+
+    type ExecStream = ReceiverStream<Result<ExecOutput, Status>>;
+
+    async fn exec(&self, req: Request<ExecRequest>) -> Result<Response<Self::ExecStream>, Status> {
+        let r = req.into_inner();
+        if r.command.is_empty() {
+            return Err(ApiError::BadRequest("exec needs a command".into()).into());
         }
-        proxy_logs(&self.api, &node, r).await
+        let mut kubelet = kubelet_of_pod(&self.api, &r.namespace, &r.name, "nothing to exec in").await?;
+        Ok(Response::new(relay(kubelet.exec(r).await?.into_inner())))
     }
 });
 
-/// Forwards a Logs request to the kubelet of `node` (its InternalIP and kubelet port) and
-/// relays the chunks.
-async fn proxy_logs(
+/// A client of the kubelet that runs pod `namespace/name` (its node's InternalIP and kubelet
+/// port). `unscheduled` says what an unscheduled pod lacks.
+async fn kubelet_of_pod(
     api: &ApiServer,
-    node: &str,
-    r: LogsRequest,
-) -> Result<Response<ReceiverStream<Result<LogChunk, Status>>>, Status> {
+    namespace: &str,
+    name: &str,
+    unscheduled: &str,
+) -> Result<pb::kubelet_client::KubeletClient<tonic::transport::Channel>, Status> {
+    let pod = api.get::<Pod>(namespace, name).await?;
+    let node = pod.spec.as_ref().map(|s| s.node_name.clone()).unwrap_or_default();
+    if node.is_empty() {
+        return Err(ApiError::BadRequest(format!("pod {name:?} is not scheduled to a node yet: {unscheduled}")).into());
+    }
     let unavailable = |why: String| Status::from(ApiError::Unavailable(why));
-    let n = api.get::<Node>("", node).await?;
+    let n = api.get::<Node>("", &node).await?;
     let st = n.status.unwrap_or_default();
     let ip = st.addresses.iter().find(|a| a.r#type == "InternalIP").map(|a| a.address.clone());
     let port = st.daemon_endpoints.and_then(|d| d.kubelet_endpoint).map(|e| e.port).filter(|p| *p > 0);
@@ -206,21 +217,25 @@ async fn proxy_logs(
         .connect_timeout(std::time::Duration::from_secs(5));
     let channel =
         endpoint.connect().await.map_err(|e| unavailable(format!("kubelet of node {node:?} is unreachable: {e}")))?;
-    let mut upstream = pb::kubelet_client::KubeletClient::new(channel).logs(r).await?.into_inner();
+    Ok(pb::kubelet_client::KubeletClient::new(channel))
+}
+
+/// Relays a kubelet's stream to the API's client; the upstream is dropped when the client goes.
+fn relay<T: Send + 'static>(mut upstream: tonic::Streaming<T>) -> ReceiverStream<Result<T, Status>> {
     let (tx, rx) = mpsc::channel(WATCH_QUEUE);
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = tx.closed() => break,
                 m = upstream.message() => match m {
-                    Ok(Some(chunk)) => if tx.send(Ok(chunk)).await.is_err() { break },
+                    Ok(Some(item)) => if tx.send(Ok(item)).await.is_err() { break },
                     Ok(None) => break,
                     Err(status) => { let _ = tx.send(Err(status)).await; break }
                 },
             }
         }
     });
-    Ok(Response::new(ReceiverStream::new(rx)))
+    ReceiverStream::new(rx)
 }
 
 /// Every rkube.v1 service, for the API listener.

@@ -83,6 +83,15 @@ enum Command {
         #[arg(short = 'p', long)]
         previous: bool,
     },
+    /// Run a command in a container of a pod (no terminal; stdin is not forwarded).
+    Exec {
+        pod: String,
+        #[arg(short = 'c', long)]
+        container: Option<String>,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Manage the rollout of a Deployment.
     Rollout {
         #[command(subcommand)]
@@ -283,6 +292,9 @@ enum Fail {
     /// Already reported on stderr (some of several objects failed).
     #[error("")]
     Reported,
+    /// An exec'd command failed: kubectl's message, and its exit code as rkctl's.
+    #[error("command terminated with exit code {0}")]
+    Exit(u8),
 }
 
 impl From<tonic::Status> for Fail {
@@ -1118,6 +1130,15 @@ async fn edit_one<K: Remote>(ctx: &Ctx, info: &'static KindInfo, name: &str) -> 
 
 // ---- logs ----
 
+/// `NAME` or `pod/NAME` (logs and exec work on pods only).
+fn pod_name(pod: &str) -> Result<String, Fail> {
+    match pod.split_once('/') {
+        Some((k, n)) if kind_info(k)?.kind == "Pod" => Ok(n.to_string()),
+        Some((k, _)) => Err(msg(format!("logs and exec work on pods, not {k}"))),
+        None => Ok(pod.to_string()),
+    }
+}
+
 async fn logs(
     ctx: &Ctx,
     pod: &str,
@@ -1126,11 +1147,7 @@ async fn logs(
     tail: i64,
     previous: bool,
 ) -> Result<(), Fail> {
-    let name = match pod.split_once('/') {
-        Some((k, n)) if kind_info(k)?.kind == "Pod" => n.to_string(),
-        Some((k, _)) => return Err(msg(format!("logs are read from pods, not {k}"))),
-        None => pod.to_string(),
-    };
+    let name = pod_name(pod)?;
     let req = LogsRequest {
         namespace: ctx.namespace.clone(),
         name,
@@ -1146,6 +1163,29 @@ async fn logs(
         let _ = out.flush();
     }
     Ok(())
+}
+
+async fn exec(ctx: &Ctx, pod: &str, container: Option<String>, command: Vec<String>) -> Result<(), Fail> {
+    let name = pod_name(pod)?;
+    let req = ExecRequest { namespace: ctx.namespace.clone(), name, container: container.unwrap_or_default(), command };
+    let mut stream = ctx.api::<Pod>().exec(req).await?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(m) = stream.message().await? {
+        if !m.stdout.is_empty() {
+            let _ = out.write_all(&m.stdout);
+            let _ = out.flush();
+        }
+        if !m.stderr.is_empty() {
+            let _ = err.write_all(&m.stderr);
+        }
+        if let Some(code) = m.exit_code {
+            return match code {
+                0 => Ok(()),
+                c => Err(Fail::Exit(u8::try_from(c).unwrap_or(u8::MAX))),
+            };
+        }
+    }
+    Err(msg("the exec stream ended without an exit code (the node or the API server went away)"))
 }
 
 // ---- rollout ----
@@ -1405,6 +1445,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Command::Scale { args, replicas } => scale(&ctx, &args, replicas).await,
         Command::Edit { args } => edit(&ctx, &args).await,
         Command::Expose(a) => expose(&ctx, a).await,
+        Command::Exec { pod, container, command } => exec(&ctx, &pod, container, command).await,
         Command::Logs { pod, container, follow, tail, previous } => {
             logs(&ctx, &pod, container, follow, tail, previous).await
         }
@@ -1425,6 +1466,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail::Reported) => ExitCode::from(1),
+        Err(Fail::Exit(code)) => {
+            eprintln!("{}", Fail::Exit(code));
+            ExitCode::from(code)
+        }
         Err(e) => {
             eprintln!("{e}");
             ExitCode::from(1)

@@ -88,7 +88,6 @@ struct DevOpts {
 
 impl DevOpts {
     fn into_server(self) -> Result<(rkube::server::ServerOpts, Option<rkube::kubelet::agent::AgentConfig>), String> {
-        let agent = if self.no_kubelet { None } else { Some(self.agent.validate().map_err(|e| e.to_string())?) };
         let data_dir = match self.data_dir {
             Some(d) => d,
             None => {
@@ -99,6 +98,11 @@ impl DevOpts {
                 base.join("rkube/dev")
             }
         };
+        // The local kubelet keeps its sandboxes and logs beside the store, so one directory
+        // holds the whole dev cluster.
+        let mut agent_opts = self.agent;
+        agent_opts.state_dir.get_or_insert_with(|| data_dir.join("kubelet"));
+        let agent = if self.no_kubelet { None } else { Some(agent_opts.validate().map_err(|e| e.to_string())?) };
         let mut opts = ServerDefaults::parse_from(["server"]).opts;
         opts.name = Some("dev".into());
         opts.data_dir = Some(data_dir);

@@ -496,7 +496,13 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
         .start(&client, stop.clone());
     let addr = SocketAddr::from(([0, 0, 0, 0], cfg.kubelet_port));
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| AgentError::Listen { addr, source })?;
-    tokio::spawn(super::service::serve(listener, pods.cache().clone(), log_root.clone(), stop.clone()));
+    tokio::spawn(super::service::serve(
+        listener,
+        pods.cache().clone(),
+        runtime.clone(),
+        log_root.clone(),
+        stop.clone(),
+    ));
 
     let mut changes = pods.subscribe();
     pods.wait_synced().await;
@@ -512,6 +518,13 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
                 tracing::warn!(sandbox = %s.sandbox.id, error = %e, "removing an orphaned sandbox");
             }
         }
+    }
+    match super::logs::remove_pod_logs_except(&log_root, &|uid| live.contains(uid)) {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(count = removed.len(), "removed the logs of pods that are gone")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "removing the logs of pods that are gone"),
     }
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
     let env = Arc::new(WorkerEnv {

@@ -59,6 +59,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
         rotation: RotationPolicy,
     ) -> Result<ShimSpec, RuntimeError>;
     async fn signal(&self, record: &ContainerRecord, started: &Started, signal: Signal) -> Result<(), RuntimeError>;
+    /// The command that runs `argv` inside the running container whose files are in `dir`.
+    fn exec_command(
+        &self,
+        dir: &Path,
+        record: &ContainerRecord,
+        argv: &[String],
+    ) -> Result<tokio::process::Command, RuntimeError>;
     /// Releases what `prepare` and the run left (runc state, mounts). Idempotent.
     async fn cleanup(&self, dir: &Path, record: &ContainerRecord) -> Result<(), RuntimeError>;
 }
@@ -440,6 +447,35 @@ impl<B: Backend> Runtime for Engine<B> {
         }
         out.sort_by_key(|s| s.sandbox.created_at);
         Ok(out)
+    }
+
+    #[tracing::instrument(skip_all, fields(container = %id))]
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<tokio::process::Child, RuntimeError> {
+        Self::valid_id("container", id)?;
+        let record = self.record(id)?.ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.into() })?;
+        let (status, _) = self.status_of(&record)?;
+        if status.state != ContainerState::Running {
+            return Err(RuntimeError::WrongState { container: record.config.name, state: status.state, op: "exec" });
+        }
+        if argv.is_empty() {
+            return Err(RuntimeError::InvalidConfig {
+                container: record.config.name,
+                field: "command",
+                reason: "an exec needs a command".into(),
+            });
+        }
+        let dir = self.container_dir(id);
+        let mut cmd = self.backend.exec_command(&dir, &record, argv)?;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(|e| RuntimeError::StartFailed {
+            container: record.config.name.clone(),
+            message: format!("exec {:?}: {e}", argv[0]),
+        })?;
+        tracing::debug!(argv = ?argv, "exec started");
+        Ok(child)
     }
 }
 

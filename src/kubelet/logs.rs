@@ -19,6 +19,29 @@ pub fn pod_log_path(root: &Path, namespace: &str, pod: &str, uid: &str, containe
     root.join(format!("{namespace}_{pod}_{uid}")).join(container).join(format!("{attempt}.log"))
 }
 
+/// Removes the log directories of every pod whose uid `keep` does not hold (the logs of pods
+/// that are gone, as the kubelet's garbage collection does). Returns the directories removed.
+pub fn remove_pod_logs_except(root: &Path, keep: &dyn Fn(&str) -> bool) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(e),
+    };
+    for entry in rd {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // `<namespace>_<pod>_<uid>`: names and namespaces are DNS labels, so the uid is after
+        // the last `_`.
+        let Some((_, uid)) = name.rsplit_once('_') else { continue };
+        if !keep(uid) {
+            std::fs::remove_dir_all(entry.path())?;
+            removed.push(entry.path());
+        }
+    }
+    Ok(removed)
+}
+
 /// The longest piece written as one record; longer lines are split into `P` records.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// How many parsed lines a follower buffers before waiting for its reader.
@@ -323,6 +346,21 @@ pub fn follow_log(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_logs_of_pods_that_are_gone_are_removed_and_the_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = pod_log_path(dir.path(), "default", "web", "u-1", "c", 0);
+        let gone = pod_log_path(dir.path(), "kube-system", "old", "u-2", "c", 3);
+        for p in [&live, &gone] {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        let removed = remove_pod_logs_except(dir.path(), &|uid| uid == "u-1").unwrap();
+        assert_eq!(removed, vec![dir.path().join("kube-system_old_u-2")]);
+        assert!(live.exists() && !gone.exists());
+        assert!(remove_pod_logs_except(&dir.path().join("absent"), &|_| false).unwrap().is_empty());
+    }
 
     fn text(lines: &[LogLine]) -> Vec<String> {
         lines.iter().map(|l| String::from_utf8_lossy(&l.content).into_owned()).collect()

@@ -157,7 +157,7 @@ impl PodWorker {
         loop {
             let pod = pods.borrow_and_update().clone();
             let Some(pod) = pod else {
-                self.terminate(None, Duration::from_secs(2)).await;
+                self.terminate(None, Duration::from_secs(2), &stop).await;
                 return;
             };
             if !pod.meta().deletion_timestamp.is_empty() {
@@ -166,7 +166,7 @@ impl PodWorker {
                     .deletion_grace_period_seconds
                     .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
                     .map_or(DEFAULT_GRACE, |s| Duration::from_secs(s.max(0) as u64));
-                self.terminate(Some(&pod), grace).await;
+                self.terminate(Some(&pod), grace, &stop).await;
                 return;
             }
             self.sync(&pod).await;
@@ -497,8 +497,10 @@ impl PodWorker {
     }
 
     /// Stops the containers (SIGTERM, `grace`, SIGKILL), removes the sandbox, and deletes the
-    /// pod object for good when it still exists.
-    async fn terminate(&mut self, pod: Option<&Pod>, grace: Duration) {
+    /// pod object for good when it still exists. The object stays (Terminating) until the
+    /// sandbox is gone: removal is retried with backoff, so a pod object never outlives what it
+    /// held on the node unnoticed; if the agent stops first, its next start finishes the job.
+    async fn terminate(&mut self, pod: Option<&Pod>, grace: Duration, stop: &CancellationToken) {
         let runtime = self.env.runtime.clone();
         let stops = self.slots.values().filter_map(|s| s.current.as_ref()).map(|c| {
             let runtime = runtime.clone();
@@ -510,19 +512,23 @@ impl PodWorker {
             }
         });
         futures::future::join_all(stops).await;
-        let sandbox = match &self.sandbox {
-            Some(s) => Some(s.id.clone()),
-            // A sandbox being created when the pod went: find it by the pod's uid.
-            None => runtime
-                .list()
-                .await
-                .ok()
-                .and_then(|l| l.into_iter().find(|s| s.sandbox.config.uid == self.uid).map(|s| s.sandbox.id)),
-        };
-        if let Some(id) = sandbox {
-            if let Err(e) = runtime.remove_sandbox(&id).await {
-                tracing::warn!(sandbox = %id, error = %e, "removing a pod sandbox");
+        let mut retry = Duration::from_millis(200);
+        loop {
+            match self.remove_sandbox().await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(pod_uid = %self.uid, error = %e, retry_in = ?retry, "removing a pod sandbox");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                }
             }
+        }
+        let uid = self.uid.clone();
+        if let Err(e) = super::logs::remove_pod_logs_except(&self.env.log_root, &|u| u != uid) {
+            tracing::warn!(pod_uid = %self.uid, error = %e, "removing the logs of a terminated pod");
         }
         if let Some(pod) = pod {
             let api = Api::<Pod>::namespaced(&self.env.client, &pod.meta().namespace);
@@ -537,6 +543,27 @@ impl PodWorker {
                 Err(e) => tracing::warn!(pod = %Self::pod_name(pod), error = %e, "deleting a terminated pod"),
             }
         }
+    }
+
+    /// Removes this pod's sandbox, found by the pod's uid when the worker does not know it yet
+    /// (one being created when the pod went). Nothing to remove is success.
+    async fn remove_sandbox(&mut self) -> Result<(), rt::RuntimeError> {
+        let id = match &self.sandbox {
+            Some(s) => Some(s.id.clone()),
+            None => self
+                .env
+                .runtime
+                .list()
+                .await?
+                .into_iter()
+                .find(|s| s.sandbox.config.uid == self.uid)
+                .map(|s| s.sandbox.id),
+        };
+        if let Some(id) = id {
+            self.env.runtime.remove_sandbox(&id).await?;
+        }
+        self.sandbox = None;
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@ use super::engine::{read_json, Backend, ContainerRecord};
 use super::image::Image;
 use super::logs::RotationPolicy;
 use super::runtime::{merge_env, resolve_argv, RuntimeError, Sandbox, SandboxConfig};
-use super::shim::{proc_start_ticks, ShimMode, ShimSpec, Started, STARTED_FILE};
+use super::shim::{proc_start_ticks, ShimMode, ShimSpec, Started, SPEC_FILE, STARTED_FILE};
 
 pub(crate) struct Process;
 
@@ -77,6 +77,22 @@ impl Backend for Process {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(RuntimeError::Io { path: PathBuf::from(format!("/proc/{}", started.pid)), source: e.into() }),
         }
+    }
+
+    fn exec_command(
+        &self,
+        dir: &Path,
+        _record: &ContainerRecord,
+        argv: &[String],
+    ) -> Result<tokio::process::Command, RuntimeError> {
+        // The container's environment and working directory, as its shim started it.
+        let path = dir.join(SPEC_FILE);
+        let spec: ShimSpec =
+            read_json(&path)?.ok_or_else(|| RuntimeError::Corrupt { path, reason: "no shim spec".into() })?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..]).env_clear().current_dir(&spec.cwd);
+        cmd.envs(spec.env.iter().filter_map(|kv| kv.split_once('=')));
+        Ok(cmd)
     }
 
     async fn cleanup(&self, dir: &Path, _record: &ContainerRecord) -> Result<(), RuntimeError> {

@@ -337,6 +337,19 @@ impl Backend for Runc {
         }
     }
 
+    fn exec_command(
+        &self,
+        _dir: &Path,
+        record: &ContainerRecord,
+        argv: &[String],
+    ) -> Result<tokio::process::Command, RuntimeError> {
+        // runc exec starts from the container's own process spec: its user, environment and
+        // working directory, in all of its namespaces and its cgroup.
+        let mut cmd = tokio::process::Command::new(&self.runc);
+        cmd.arg("--root").arg(&self.root).args(["exec", "--", &record.id]).args(argv);
+        Ok(cmd)
+    }
+
     async fn cleanup(&self, dir: &Path, record: &ContainerRecord) -> Result<(), RuntimeError> {
         match self.runc("delete", &record.id, &["delete", "--force", &record.id]).await {
             Ok(()) => {}

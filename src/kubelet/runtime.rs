@@ -166,6 +166,10 @@ pub trait Runtime: Send + Sync {
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError>;
     /// Everything in the state directory: what a restarted kubelet adopts.
     async fn list(&self) -> Result<Vec<SandboxStatus>, RuntimeError>;
+    /// Starts `argv` inside a running container (its namespaces and root, environment and
+    /// working directory), without a terminal; stdin is empty, stdout and stderr are piped. The
+    /// child is killed if dropped before it exits.
+    async fn exec(&self, id: &str, argv: &[String]) -> Result<tokio::process::Child, RuntimeError>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -16,6 +16,7 @@ use rkube::pb::etcdserverpb::watch_client::WatchClient;
 use tonic::transport::Channel;
 
 pub const RKUBE: &str = env!("CARGO_BIN_EXE_rkube");
+pub const RKCTL: &str = env!("CARGO_BIN_EXE_rkctl");
 
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {

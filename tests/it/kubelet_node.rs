@@ -18,7 +18,7 @@ use rkube::kubelet::{build_runtime, NetworkConfig, RuntimeConfig, RuntimeKind};
 use rkube::pb::v1::LogsRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{free_port, Cluster, RKUBE};
+use crate::harness::{eventually, free_port, run, Cluster, RKCTL, RKUBE};
 use crate::kubelet_runtime::Registry;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -382,17 +382,41 @@ async fn delete_honours_sigterm_and_grace(kind: RuntimeKind) {
     api.create(&stubborn).await.expect("create");
     let t = wait_pod(&api, "trap", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
     wait_pod(&api, "stubborn", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The trapping container's log, followed from before the delete: the pod's logs go with it.
+    let r = LogsRequest { namespace: "default".into(), name: "trap".into(), follow: true, ..Default::default() };
+    let mut follow = api.logs(r).await.expect("logs -f");
+    let followed = tokio::spawn(async move {
+        let mut out = Vec::new();
+        while let Ok(Ok(Some(c))) = tokio::time::timeout(Duration::from_secs(20), follow.message()).await {
+            out.extend(c.data);
+            if String::from_utf8_lossy(&out).contains("got TERM") {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    wait_log_line(&api, "trap", "started").await;
+    wait_log_line(&api, "stubborn", "started").await;
     api.delete("trap", &DeleteParams::default()).await.expect("delete");
     api.delete("stubborn", &DeleteParams::default()).await.expect("delete");
     let trap_took = wait_gone(&api, "trap", Duration::from_secs(30)).await;
     let stubborn_took = wait_gone(&api, "stubborn", Duration::from_secs(30)).await;
     assert!(trap_took < Duration::from_secs(5), "the trapping container exits at SIGTERM: {trap_took:?}");
     assert!(stubborn_took >= Duration::from_millis(2500), "killed only after the grace: {stubborn_took:?}");
-    let uid = &t.meta().uid;
-    let path = rkube::kubelet::pod_log_path(&agent.log_root(), "default", "trap", uid, "main", 0);
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(text.contains("got TERM"), "log {}: {text:?}", path.display());
+    let text = followed.await.expect("follower");
+    assert!(text.contains("got TERM"), "followed log: {text:?}");
+    let dir = rkube::kubelet::pod_log_path(&agent.log_root(), "default", "trap", &t.meta().uid, "main", 0);
+    let dir = dir.parent().and_then(|c| c.parent()).expect("pod log dir");
+    assert!(!dir.exists(), "the logs of a deleted pod are removed: {}", dir.display());
+}
+
+/// Waits until the pod's log holds `needle` (its container is past its start-up).
+async fn wait_log_line(api: &Api<Pod>, name: &str, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !logs(api, name, false).await.contains(needle) {
+        assert!(Instant::now() < deadline, "pod {name}: {needle:?} not logged within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,4 +528,530 @@ async fn process_readiness_flips_ready_and_liveness_restarts() {
     for name in ["probed", "live"] {
         wait_gone(&api, name, Duration::from_secs(30)).await;
     }
+}
+
+/// What a runc node holds on the machine for its pods, read from the machine (procfs,
+/// mountinfo, `ip`, `runc list`, cgroupfs, the agent's state directory), not asked of the agent.
+#[derive(Debug, Default)]
+struct Footprint {
+    processes: Vec<String>,
+    mounts: Vec<String>,
+    netns: Vec<String>,
+    veths: Vec<String>,
+    addresses: Vec<String>,
+    runc: Vec<String>,
+    cgroups: Vec<String>,
+    state: Vec<String>,
+    logs: Vec<String>,
+}
+
+impl Footprint {
+    fn is_empty(&self) -> bool {
+        [
+            &self.processes,
+            &self.mounts,
+            &self.netns,
+            &self.veths,
+            &self.addresses,
+            &self.runc,
+            &self.cgroups,
+            &self.state,
+            &self.logs,
+        ]
+        .iter()
+        .all(|v| v.is_empty())
+    }
+}
+
+/// The sandboxes, containers and processes (pid, start ticks) an agent's runtime has made so
+/// far, remembered across calls so that a later footprint still looks for them.
+#[derive(Debug, Default)]
+struct Seen {
+    sandboxes: std::collections::BTreeSet<String>,
+    containers: std::collections::BTreeSet<String>,
+    processes: std::collections::BTreeSet<(u32, u64)>,
+}
+
+fn names_in(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Field 22 of /proc/PID/stat: the start time in clock ticks (tells a process from a reused pid).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl Seen {
+    fn record(&mut self, agent: &Agent) {
+        let rt = agent.state().join("runtime");
+        self.sandboxes.extend(names_in(&rt.join("sandboxes")));
+        for c in names_in(&rt.join("containers")) {
+            let started = std::fs::read_to_string(rt.join("containers").join(&c).join("started.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+            if let Some(s) = started {
+                for (pid, ticks) in [("pid", "pid_start_ticks"), ("shim_pid", "shim_start_ticks")] {
+                    if let (Some(p), Some(t)) = (s[pid].as_u64(), s[ticks].as_u64()) {
+                        self.processes.insert((p as u32, t));
+                    }
+                }
+            }
+            self.containers.insert(c);
+        }
+    }
+
+    fn footprint(&self, agent: &Agent) -> Footprint {
+        let state = agent.state();
+        let state_str = state.display().to_string();
+        let rt = state.join("runtime");
+        let agent_pid = agent.child.as_ref().map(|c| c.id());
+        let mut f = Footprint::default();
+
+        for &(pid, ticks) in &self.processes {
+            if start_ticks(pid) == Some(ticks) {
+                f.processes.push(format!("pid {pid} (started by the runtime)"));
+            }
+        }
+        for pid in names_in(std::path::Path::new("/proc")).iter().filter_map(|n| n.parse::<u32>().ok()) {
+            if Some(pid) == agent_pid || pid == std::process::id() {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            if cmdline.contains(&state_str) || self.containers.iter().any(|c| cgroup.contains(&format!("/rkube/{c}"))) {
+                f.processes.push(format!("pid {pid}: {}", cmdline.trim()));
+            }
+        }
+        f.processes.sort();
+        f.processes.dedup();
+
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        f.mounts = mountinfo
+            .lines()
+            .filter(|l| l.contains(&state_str) || self.sandboxes.iter().any(|s| l.contains(&netns_name(s))))
+            .map(str::to_string)
+            .collect();
+        f.netns = self
+            .sandboxes
+            .iter()
+            .map(|s| std::path::Path::new(NETNS_DIR).join(netns_name(s)))
+            .filter(|p| p.exists())
+            .map(|p| p.display().to_string())
+            .collect();
+        let links = Command::new("ip").args(["-o", "link"]).output().expect("ip link");
+        let links = String::from_utf8_lossy(&links.stdout);
+        f.veths = self.sandboxes.iter().map(|s| host_veth(s)).filter(|v| links.contains(&format!(" {v}@"))).collect();
+        for subnet in names_in(&rt.join("ipam")) {
+            for ip in names_in(&rt.join("ipam").join(&subnet)) {
+                if ip.parse::<Ipv4Addr>().is_ok() {
+                    f.addresses.push(ip);
+                }
+            }
+        }
+        let runc = Command::new("runc").arg("--root").arg(rt.join("runc")).args(["list", "-q"]).output().expect("runc");
+        f.runc = String::from_utf8_lossy(&runc.stdout).lines().map(str::to_string).collect();
+        let roots: Vec<PathBuf> = std::iter::once(PathBuf::from("/sys/fs/cgroup"))
+            .chain(
+                names_in(std::path::Path::new("/sys/fs/cgroup"))
+                    .into_iter()
+                    .map(|c| PathBuf::from("/sys/fs/cgroup").join(c)),
+            )
+            .collect();
+        for c in &self.containers {
+            for root in &roots {
+                let p = root.join("rkube").join(c);
+                if p.is_dir() {
+                    f.cgroups.push(p.display().to_string());
+                }
+            }
+        }
+        for d in ["sandboxes", "containers"] {
+            f.state.extend(names_in(&rt.join(d)).into_iter().map(|n| format!("{d}/{n}")));
+        }
+        f.logs = names_in(&agent.log_root());
+        f
+    }
+}
+
+/// Pods of every kind go (served, crash-looping, ignoring SIGTERM, two containers, deleted while
+/// starting, removed from the API while the agent was down), and the node keeps nothing of them.
+/// Every check first sees the live pods, so none of them passes for looking in the wrong place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_nothing_is_left_on_the_node_after_pods_go() {
+    let (_cluster, mut agent, client) = setup(RuntimeKind::Runc).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    let mut seen = Seen::default();
+
+    api.create(&pod("web", "httpd", &[])).await.expect("create");
+    api.create(&pod("crash", "busybox", &["sh", "-c", "echo once; exit 1"])).await.expect("create");
+    let mut stubborn = pod("stubborn", "busybox", &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"]);
+    stubborn.spec.as_mut().expect("spec").termination_grace_period_seconds = Some(2);
+    api.create(&stubborn).await.expect("create");
+    let mut two = pod("two", "httpd", &[]);
+    let spec = two.spec.as_mut().expect("spec");
+    let mut side = spec.containers[0].clone();
+    side.name = "side".into();
+    side.image = "busybox".into();
+    side.command = vec!["sh".into(), "-c".into(), "while true; do sleep 0.1; done".into()];
+    spec.containers.push(side);
+    api.create(&two).await.expect("create");
+    api.create(&pod("orphan", "busybox", &["sh", "-c", "while true; do sleep 0.1; done"])).await.expect("create");
+
+    for name in ["web", "stubborn", "two", "orphan"] {
+        wait_pod(&api, name, Duration::from_secs(90), "Running", |p| phase(p) == "Running").await;
+    }
+    wait_pod(&api, "crash", Duration::from_secs(60), "a restart", |p| {
+        main_status(p).is_some_and(|c| c.restart_count >= 1)
+    })
+    .await;
+    seen.record(&agent);
+    let live = seen.footprint(&agent);
+    // web 1 + stubborn 1 + two 2 + orphan 1 running containers, each with its shim.
+    assert!(live.processes.len() >= 10, "processes: {:#?}", live.processes);
+    assert!(live.mounts.len() >= 5 + 5, "rootfs and netns mounts: {:#?}", live.mounts);
+    assert_eq!(live.netns.len(), 5, "{live:#?}");
+    assert_eq!(live.veths.len(), 5, "{live:#?}");
+    assert_eq!(live.addresses.len(), 5, "{live:#?}");
+    assert!(live.runc.len() >= 5, "{live:#?}");
+    assert!(live.cgroups.len() >= 5, "{live:#?}");
+    assert!(seen.containers.len() >= 7, "the crashing container ran twice at least: {seen:#?}");
+    assert_eq!(live.logs.len(), 5, "{live:#?}");
+
+    // The agent goes down; "orphan" is removed from the API meanwhile (grace 0, as
+    // `rkctl delete --force` does). The restarted agent finds its sandbox and removes it.
+    agent.kill();
+    api.delete("orphan", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
+    assert!(api.get_opt("orphan").await.expect("get").is_none());
+    agent.spawn();
+
+    // One more pod, deleted at once: it may be anywhere between scheduled and starting.
+    api.create(&pod("quick", "busybox", &["sh", "-c", "while true; do sleep 0.1; done"])).await.expect("create");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    seen.record(&agent);
+    for name in ["web", "crash", "stubborn", "two", "quick"] {
+        api.delete(name, &DeleteParams::default()).await.expect("delete");
+    }
+    for name in ["web", "crash", "stubborn", "two", "quick"] {
+        seen.record(&agent);
+        wait_gone(&api, name, Duration::from_secs(60)).await;
+    }
+    // The kubelet removes a pod object only after its sandbox; processes that were killed may
+    // take a moment to be reaped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let f = seen.footprint(&agent);
+        if f.is_empty() || Instant::now() > deadline {
+            break f;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(left.is_empty(), "left on the node after every pod went: {left:#?}\nagent log:\n{}", agent.log());
+    assert!(agent.log().contains("removing the sandbox of a pod that is gone"), "{}", agent.log());
+}
+
+/// The README's walkthrough, as a user types it: `rkube dev`, then plain `rkctl` (found through
+/// the config file `rkube dev` writes) runs two httpd pods, curl reaches them on their pod IPs
+/// from the host, and deleting the Deployment shows them Terminating, then no pods at all. The
+/// demo image comes from the loopback registry as docker.io's mirror; the bridge and subnet are
+/// this test's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rkube_dev_runs_httpd_pods_reachable_from_the_host_and_deletes_them() {
+    require_root();
+    let registry = Registry::get();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    let pid = std::process::id();
+    let network = NetworkConfig {
+        bridge: format!("rkd{}-{n}", pid % 100_000),
+        cidr: format!("10.236.{}.0/24", pid.wrapping_mul(7).wrapping_add(n) % 250).parse().expect("cidr"),
+    };
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("dev.log")).expect("log");
+    let dev = Command::new(RKUBE)
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--listen-api", &format!("127.0.0.1:{}", free_port())])
+        .args(["--listen-peer", &format!("127.0.0.1:{}", free_port())])
+        .args(["--kubelet-port", &free_port().to_string()])
+        .args(["--insecure-registry", &registry.host(), "--registry-mirror", &registry.host()])
+        .args(["--bridge", &network.bridge, "--pod-cidr", &network.cidr.to_string()])
+        .env("XDG_CONFIG_HOME", dir.path().join("config"))
+        .env("HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting rkube dev");
+    // Stops rkube dev and removes what its kubelet left (on failure too), then its bridge.
+    struct Dev {
+        child: Child,
+        state: PathBuf,
+        network: NetworkConfig,
+        log: PathBuf,
+    }
+    impl Drop for Dev {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- rkube dev log ----\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            let (state, network) = (self.state.join("runtime"), self.network.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("cleanup runtime");
+                rt.block_on(async move {
+                    let mut cfg = RuntimeConfig::new(state.clone(), Some(network.clone()));
+                    cfg.kind = RuntimeKind::Runc;
+                    cfg.shim = PathBuf::from(RKUBE);
+                    if let Ok(runtime) = build_runtime(cfg).await {
+                        for s in runtime.list().await.unwrap_or_default() {
+                            let _ = runtime.remove_sandbox(&s.sandbox.id).await;
+                        }
+                    }
+                    if let Ok(n) = PodNetwork::new(network, &state) {
+                        let _ = n.teardown_node().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+    let _dev =
+        Dev { child: dev, state: data.join("kubelet"), network: network.clone(), log: dir.path().join("dev.log") };
+    let rkctl = |args: &[&str]| {
+        run(Command::new(RKCTL)
+            .args(args)
+            .env_remove("RKUBE_SERVER")
+            .env("XDG_CONFIG_HOME", dir.path().join("config"))
+            .env("HOME", dir.path()))
+    };
+    let rows = |table: &str| -> Vec<Vec<String>> {
+        table.lines().skip(1).map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
+    };
+
+    eventually(Duration::from_secs(60), "the dev node to be Ready", || async {
+        let (ok, out, _) = rkctl(&["get", "nodes"]);
+        (ok && rows(&out).iter().any(|r| r.get(1).map(String::as_str) == Some("Ready"))).then_some(())
+    })
+    .await;
+    let (ok, out, err) = rkctl(&["run", "httpd-pod", "--image=httpd", "--replicas=2"]);
+    assert!(ok, "rkctl run: {err}");
+    assert_eq!(out.trim(), "deployment.apps/httpd-pod created");
+
+    let running = eventually(Duration::from_secs(90), "two Running httpd-pod pods", || async {
+        let (ok, out, _) = rkctl(&["get", "pods", "-o", "wide"]);
+        let r: Vec<Vec<String>> =
+            rows(&out).into_iter().filter(|r| r[0].starts_with("httpd-pod-") && r[2] == "Running").collect();
+        (ok && r.len() == 2).then_some(r)
+    })
+    .await;
+    for r in &running {
+        assert_eq!(r[1], "1/1", "{r:?}");
+        let ip: Ipv4Addr = r[5].parse().unwrap_or_else(|_| panic!("pod IP in {r:?}"));
+        assert!(network.cidr.contains(ip), "{ip} in {}", network.cidr);
+        let curl = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", &format!("http://{ip}/")])
+            .output()
+            .expect("curl");
+        let code = String::from_utf8_lossy(&curl.stdout).into_owned();
+        // busybox httpd answers 404 for a missing index; any HTTP answer proves the pod serves.
+        assert!(
+            code.len() == 3 && code != "000",
+            "curl http://{ip}/: {code} {}",
+            String::from_utf8_lossy(&curl.stderr)
+        );
+    }
+
+    let (ok, out, err) = rkctl(&["delete", "deployment", "httpd-pod"]);
+    assert!(ok, "rkctl delete: {err}");
+    assert_eq!(out.trim(), "deployment.apps \"httpd-pod\" deleted");
+    eventually(Duration::from_secs(30), "the pods shown Terminating", || async {
+        let (_, out, _) = rkctl(&["get", "pods"]);
+        rows(&out).iter().any(|r| r.get(2).map(String::as_str) == Some("Terminating")).then_some(())
+    })
+    .await;
+    let start = Instant::now();
+    let (out, err) = eventually(Duration::from_secs(60), "no pods left", || async {
+        let (ok, out, err) = rkctl(&["get", "pods"]);
+        (ok && out.is_empty()).then_some((out, err))
+    })
+    .await;
+    eprintln!("Terminating -> gone: {:?}", start.elapsed());
+    assert_eq!((out.as_str(), err.trim()), ("", "No resources found in default namespace."));
+}
+
+/// `rkctl logs` through the API server and the kubelet: `--tail N` gives the last N lines, and
+/// `-f` keeps printing lines as the container writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_rkctl_logs_tails_and_follows() {
+    let (cluster, _agent, client) = setup(RuntimeKind::Process).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    let script = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.2; done";
+    api.create(&pod("counter", "busybox", &["sh", "-c", script])).await.expect("create");
+    let rkctl = |args: &[&str]| {
+        let mut c = Command::new(RKCTL);
+        c.env_remove("RKUBE_SERVER").env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test");
+        c.arg("--server").arg(cluster.endpoints()).args(args);
+        c
+    };
+    let number = |l: &str| -> u32 {
+        l.strip_prefix("line ").and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("not a counter line: {l:?}"))
+    };
+    eventually(Duration::from_secs(60), "five lines logged", || async {
+        let (ok, out, _) = run(&mut rkctl(&["logs", "counter"]));
+        (ok && out.lines().count() >= 5).then_some(())
+    })
+    .await;
+
+    let (ok, out, err) = run(&mut rkctl(&["logs", "counter", "--tail", "2"]));
+    assert!(ok, "{err}");
+    let lines: Vec<u32> = out.lines().map(number).collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[1], lines[0] + 1, "{out}");
+    assert!(lines[0] >= 4, "the last lines, not the first: {out}");
+
+    let mut follow = rkctl(&["logs", "-f", "counter", "--tail", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rkctl logs -f");
+    let out = follow.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a followed line within 10 s");
+    let first = number(&next());
+    assert!(first >= lines[1], "tail 1 starts at the newest line: {first} after {lines:?}");
+    // Lines written after rkctl started keep coming, in order, none skipped.
+    for k in 1..=5 {
+        assert_eq!(number(&next()), first + k);
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    api.delete("counter", &DeleteParams { grace_period_seconds: Some(1), ..Default::default() }).await.expect("delete");
+    wait_gone(&api, "counter", Duration::from_secs(30)).await;
+}
+
+/// resources.limits reach the container's cgroup (cpu quota and memory limit, v1 or v2 files),
+/// and a container that goes over its memory limit is killed and reported as OOMKilled, as
+/// kubectl shows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_pod_limits_become_cgroup_limits_and_oom_kills_are_reported() {
+    let (cluster, _agent, client) = setup(RuntimeKind::Runc).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    let limited = |name: &str, command: &[&str]| {
+        let mut p = pod(name, "busybox", command);
+        let spec = p.spec.as_mut().expect("spec");
+        spec.restart_policy = "Never".into();
+        spec.containers[0].resources = Some(ResourceRequirements {
+            limits: [("cpu".to_string(), "250m".to_string()), ("memory".to_string(), "32Mi".to_string())].into(),
+            ..Default::default()
+        });
+        p
+    };
+    api.create(&limited("calm", &["sh", "-c", "while true; do sleep 0.1; done"])).await.expect("create");
+    // dd's 256 MiB buffer is filled from /dev/zero, so it is really used.
+    api.create(&limited("hog", &["dd", "if=/dev/zero", "of=/dev/null", "bs=256M", "count=4"])).await.expect("create");
+
+    let calm = wait_pod(&api, "calm", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
+    let id = main_status(&calm).expect("status").container_id.rsplit("://").next().expect("id").to_string();
+    let read = |p: String| std::fs::read_to_string(&p).ok().map(|s| s.trim().to_string());
+    let (cpu, memory) = match read(format!("/sys/fs/cgroup/rkube/{id}/cpu.max")) {
+        Some(cpu) => (cpu, read(format!("/sys/fs/cgroup/rkube/{id}/memory.max"))),
+        None => (
+            format!(
+                "{} {}",
+                read(format!("/sys/fs/cgroup/cpu/rkube/{id}/cpu.cfs_quota_us")).unwrap_or_default(),
+                read(format!("/sys/fs/cgroup/cpu/rkube/{id}/cpu.cfs_period_us")).unwrap_or_default()
+            ),
+            read(format!("/sys/fs/cgroup/memory/rkube/{id}/memory.limit_in_bytes")),
+        ),
+    };
+    assert_eq!(cpu, "25000 100000", "cpu quota and period of container {id}");
+    assert_eq!(memory.as_deref(), Some("33554432"), "memory limit of container {id}");
+
+    let hog = wait_pod(&api, "hog", Duration::from_secs(60), "Failed", |p| phase(p) == "Failed").await;
+    let t = main_status(&hog).and_then(|c| c.state.as_ref()?.terminated.clone()).expect("terminated");
+    assert_eq!((t.reason.as_str(), t.exit_code), ("OOMKilled", 137));
+    let (ok, out, err) = run(Command::new(RKCTL)
+        .env_remove("RKUBE_SERVER")
+        .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
+        .args(["--server", &cluster.endpoints(), "get", "pod", "hog"]));
+    assert!(ok, "{err}");
+    let row: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(1..3), Some(&["0/1", "OOMKilled"][..]), "{out}");
+    for name in ["calm", "hog"] {
+        api.delete(name, &DeleteParams { grace_period_seconds: Some(1), ..Default::default() }).await.expect("delete");
+    }
+    for name in ["calm", "hog"] {
+        wait_gone(&api, name, Duration::from_secs(30)).await;
+    }
+}
+
+/// `rkctl exec` through the API server and the kubelet: the command runs in the container with
+/// its environment (and, with runc, in its namespaces: the pod's hostname, the image's root),
+/// stdout and stderr come back apart, and a failing command's exit code becomes rkctl's.
+async fn exec_runs_commands_in_the_container(kind: RuntimeKind) {
+    let (cluster, _agent, client) = setup(kind).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    let mut p = pod("box", "busybox", &["sh", "-c", "while true; do sleep 0.1; done"]);
+    p.spec.as_mut().expect("spec").containers[0].env =
+        vec![EnvVar { name: "GREETING".into(), value: "hello from the pod".into() }];
+    api.create(&p).await.expect("create");
+    wait_pod(&api, "box", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
+    let rkctl = |args: &[&str]| {
+        run(Command::new(RKCTL)
+            .env_remove("RKUBE_SERVER")
+            .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
+            .args(["--server", &cluster.endpoints()])
+            .args(args))
+    };
+    let (ok, out, err) = rkctl(&["exec", "box", "--", "sh", "-c", "echo $GREETING; echo to-stderr >&2"]);
+    assert!(ok, "{err}");
+    assert_eq!((out.as_str(), err.as_str()), ("hello from the pod\n", "to-stderr\n"));
+
+    let failed = Command::new(RKCTL)
+        .env_remove("RKUBE_SERVER")
+        .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
+        .args(["--server", &cluster.endpoints(), "exec", "box", "--", "sh", "-c", "exit 3"])
+        .output()
+        .expect("rkctl exec");
+    assert_eq!(failed.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&failed.stderr), "command terminated with exit code 3\n");
+
+    if kind == RuntimeKind::Runc {
+        let (ok, out, err) = rkctl(&["exec", "pod/box", "-c", "main", "--", "hostname"]);
+        assert!(ok, "{err}");
+        assert_eq!(out, "box\n", "the pod's own uts namespace");
+        let (ok, out, _) = rkctl(&["exec", "box", "--", "ls", "/"]);
+        assert!(ok && out.lines().any(|l| l == "bin") && !out.lines().any(|l| l == "home"), "the image's root: {out}");
+    }
+
+    let (ok, _, err) = rkctl(&["exec", "box", "-c", "nope", "--", "true"]);
+    assert!(!ok && err.contains("container \"nope\" is not in pod box"), "{err}");
+    let (ok, _, err) = rkctl(&["exec", "ghost", "--", "true"]);
+    assert!(!ok && err.trim() == "Error from server (NotFound): pods \"ghost\" not found", "{err}");
+    api.delete("box", &DeleteParams { grace_period_seconds: Some(1), ..Default::default() }).await.expect("delete");
+    wait_gone(&api, "box", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_exec_runs_commands_in_the_container() {
+    exec_runs_commands_in_the_container(RuntimeKind::Runc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_exec_runs_commands_in_the_container() {
+    exec_runs_commands_in_the_container(RuntimeKind::Process).await;
 }

@@ -15,8 +15,6 @@ use serde_json::Value;
 
 use crate::harness::*;
 
-const RKCTL: &str = env!("CARGO_BIN_EXE_rkctl");
-
 /// An rkctl command that cannot pick up the caller's config or environment.
 fn cmd(servers: &str) -> Command {
     let mut c = Command::new(RKCTL);
@@ -724,7 +722,7 @@ async fn rkctl_finds_the_server_through_flag_env_and_the_config_rkube_dev_writes
     let (api, peer) = (free_port(), free_port());
     let log = std::fs::File::create(dir.path().join("dev.log")).expect("log");
     let dev = Command::new(RKUBE)
-        .args(["dev", "--data-dir"])
+        .args(["dev", "--no-kubelet", "--data-dir"])
         .arg(dir.path().join("data"))
         .args(["--listen-api", &format!("127.0.0.1:{api}"), "--listen-peer", &format!("127.0.0.1:{peer}")])
         .env("XDG_CONFIG_HOME", dir.path().join("config"))
@@ -838,4 +836,71 @@ async fn rkctl_lists_members_and_cluster_status_trying_the_next_server() {
     let (ok, _, err) = rkctl(&format!("127.0.0.1:{}", free_port()), &["member", "list"]);
     assert!(!ok);
     assert!(err.starts_with("Unable to connect to the server: "), "{err}");
+}
+
+/// `rkctl get pods -w` prints the table, then one row per change as it happens, in the same
+/// columns, until it is stopped; `-o name -w` prints names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rkctl_get_watch_prints_a_row_per_change() {
+    let c = Cluster::start(1).await;
+    let s = c.endpoints();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = write(dir.path(), "pods.yaml", PODS);
+    ok(&s, &["create", "-f", &f]);
+
+    // Lines of a running rkctl, as they come.
+    struct Watching {
+        child: std::process::Child,
+        lines: std::sync::mpsc::Receiver<String>,
+    }
+    impl Watching {
+        fn start(s: &str, args: &[&str]) -> Watching {
+            let mut child = cmd(s).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("rkctl");
+            let out = child.stdout.take().expect("piped");
+            let (tx, lines) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+                    if tx.send(l).is_err() {
+                        break;
+                    }
+                }
+            });
+            Watching { child, lines }
+        }
+        fn next(&self) -> String {
+            self.lines.recv_timeout(Duration::from_secs(20)).expect("a line from rkctl get -w within 20 s")
+        }
+    }
+    impl Drop for Watching {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    let w = Watching::start(&s, &["get", "pods", "-w"]);
+    let n = Watching::start(&s, &["get", "pods", "-w", "-o", "name", "-l", "app=web"]);
+    let mut table = vec![w.next()];
+    for _ in 0..3 {
+        table.push(w.next());
+    }
+    let table = table.join("\n");
+    assert_eq!(header(&table), ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+    for name in ["web-1", "web-2", "batch"] {
+        assert_eq!(row(&table, name)[1..3], ["0/1", "Pending"], "{table}");
+    }
+    let mut names = vec![n.next(), n.next()];
+    names.sort();
+    assert_eq!(names, ["pod/web-1", "pod/web-2"]);
+
+    // A new pod, then a deletion (an unbound pod goes at once): a row each.
+    ok(&s, &["run", "late", "--image=busybox", "--restart=Never", "--labels=app=web"]);
+    let line = w.next();
+    assert_eq!(row(&line, "late")[1..3], ["0/1", "Pending"], "{line}");
+    assert_eq!(n.next(), "pod/late");
+    ok(&s, &["delete", "pod", "web-2"]);
+    let line = w.next();
+    assert_eq!(row(&line, "web-2")[0], "web-2", "{line}");
+    assert_eq!(n.next(), "pod/web-2");
+    assert!(w.lines.recv_timeout(Duration::from_millis(300)).is_err(), "nothing else changed");
 }
