@@ -52,11 +52,25 @@ clean:
 # `make cluster-test` restarts them one at a time under writes and checks nothing was lost.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
+# Which cargo command makes the binaries the image is built from: `build` (default: `cargo build
+# --release --bins`) or `test` (`cargo test --release --all-targets --no-run`, the build `make
+# test` does, so right after it nothing is compiled; CI uses it). The two differ in the features
+# of dev-dependencies (tokio's test-util), so each compiles rkube once on its own; cargo decides
+# in both cases whether the binaries are up to date.
+IMAGE_BINS ?= build
+ifeq ($(IMAGE_BINS),build)
+IMAGE_CARGO := $(CARGO) build $(PROFILE) --bins
+else ifeq ($(IMAGE_BINS),test)
+IMAGE_CARGO := $(CARGO) test $(PROFILE) --all-targets --no-run
+else
+$(error IMAGE_BINS must be build or test, not "$(IMAGE_BINS)")
+endif
+
 .PHONY: images cluster cluster-down cluster-test
 
 images: deps
 	@docker/deps.sh
-	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(CARGO) build $(PROFILE) --bins
+	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(IMAGE_CARGO)
 	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) docker/build-image.sh
 
 cluster: images
