@@ -48,8 +48,9 @@ clean:
 
 # The docker-compose cluster (docker/, docker-compose.yml; see README). `make images` builds the
 # release binaries in the shared cargo cache (where RocksDB is already compiled) and the local
-# image rkube:dev FROM scratch; `make cluster` starts three masters and waits for a leader;
-# `make cluster-test` restarts them one at a time under writes and checks nothing was lost.
+# image rkube:dev FROM scratch; `make cluster` starts three masters and two workers and waits for
+# a leader and Ready workers; `make cluster-test` runs a Deployment on the workers and deletes
+# it, then restarts the masters one at a time under writes and checks nothing was lost.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
 # Which cargo command makes the binaries the image is built from: `build` (default: `cargo build
@@ -81,7 +82,8 @@ cluster-down:
 
 # The cluster is removed afterwards whether the check passed or not.
 cluster-test: images
-	docker/cluster.sh up && docker/rolling-restart.sh; status=$$?; docker/cluster.sh down; exit $$status
+	docker/cluster.sh up && docker/pods-test.sh && docker/rolling-restart.sh; \
+	  status=$$?; docker/cluster.sh down; exit $$status
 
 # tests/jepsen (see tests/jepsen/README.md): workloads against a fresh three-member compose
 # cluster per scenario while a nemesis kills, pauses, partitions and replaces members; the
