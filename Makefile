@@ -50,7 +50,8 @@ clean:
 # release binaries in the shared cargo cache (where RocksDB is already compiled) and the local
 # image rkube:dev FROM scratch; `make cluster` starts three masters and two workers and waits for
 # a leader and Ready workers; `make cluster-test` runs a Deployment on the workers and deletes
-# it, then restarts the masters one at a time under writes and checks nothing was lost.
+# it, then restarts the masters one at a time under writes, checks nothing was lost, and that
+# the workers are still Ready.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
 # Which cargo command makes the binaries the image is built from: `build` (default: `cargo build
@@ -82,7 +83,7 @@ cluster-down:
 
 # The cluster is removed afterwards whether the check passed or not.
 cluster-test: images
-	docker/cluster.sh up && docker/pods-test.sh && docker/rolling-restart.sh; \
+	docker/cluster.sh up && docker/pods-test.sh && docker/rolling-restart.sh && docker/cluster.sh wait; \
 	  status=$$?; docker/cluster.sh down; exit $$status
 
 # tests/jepsen (see tests/jepsen/README.md): workloads against a fresh three-member compose

@@ -4,9 +4,9 @@
 # API), waits until both pods are Running on the workers with pod IPs, fetches each pod's page
 # over HTTP from the worker that runs it (pods on different workers cannot reach each other yet:
 # no overlay network), then deletes the Deployment and waits until its pods are gone from the API
-# and no runc container is left on any worker. Reports the timings. Removes the Deployment also
-# when a step fails. With the cluster up (make cluster). Env: PODS_TEST_WAIT (seconds per step,
-# default 120), PODS_TEST_IMAGE (default httpd:demo).
+# and none of its runc containers is left on any worker. Reports the timings. Removes the
+# Deployment also when a step fails. With the cluster up (make cluster). Env: PODS_TEST_WAIT
+# (seconds per step, default 120), PODS_TEST_IMAGE (default httpd:demo).
 set -euo pipefail
 # shellcheck source=docker/compose.sh
 . "$(dirname "$0")/compose.sh"
@@ -43,6 +43,11 @@ pods() {
     | awk 'NF >= 9 { print $1, $3, $(NF - 3), $(NF - 2) }'
 }
 
+# The runc containers each worker runs before the test (other pods'), to tell ours apart.
+runc_list() { compose exec -T "$1" runc --root /var/lib/rkube/kubelet/runtime/runc list -q </dev/null | sort; }
+declare -A before=()
+for w in "${workers[@]}"; do before[$w]="$(runc_list "$w")"; done
+
 t0="$(now_ms)"
 rkctl run "$name" --image="$image" --replicas=2 --port=80 >/dev/null
 created=yes
@@ -76,10 +81,10 @@ until [ -z "$(pods)" ]; do
 done
 echo "pods-test: deployment deleted, pods gone from the API after $(( $(now_ms) - t1 )) ms"
 for w in "${workers[@]}"; do
-  until [ -z "$(compose exec -T "$w" runc --root /var/lib/rkube/kubelet/runtime/runc list -q </dev/null)" ]; do
-    [ $SECONDS -lt "$deadline" ] || fail "runc containers left on $w after ${wait_s}s"
+  until left="$(comm -23 <(runc_list "$w") <(printf '%s\n' "${before[$w]}" | grep .))" && [ -z "$left" ]; do
+    [ $SECONDS -lt "$deadline" ] || fail "runc containers left on $w after ${wait_s}s: $left"
     sleep 1
   done
 done
-echo "pods-test: no runc container left on ${workers[*]} after $(( $(now_ms) - t1 )) ms"
+echo "pods-test: none of its runc containers left on ${workers[*]} after $(( $(now_ms) - t1 )) ms"
 echo "pods-test: PASS"
