@@ -23,7 +23,8 @@ image="${RKUBE_IMAGE:-rkube:dev}"
 rkube="$target/release/rkube"
 rkctl="$target/release/rkctl"
 busybox=/bin/busybox
-xtables_dir=/usr/lib/x86_64-linux-gnu/xtables
+# iptables' extension modules (/usr/lib/<multiarch>/xtables on Debian).
+xtables_dir="$(dpkg -L iptables 2>/dev/null | grep -m1 '/xtables$' || true)"
 
 for exe in "$rkube" "$rkctl"; do
   [ -x "$exe" ] || { echo "build-image: $exe is missing; run make images" >&2; exit 1; }
@@ -35,7 +36,8 @@ for t in "${!tools[@]}"; do
   tool_path[$t]="$(PATH="$PATH:/usr/sbin:/sbin" command -v "$t" || true)"
   [ -n "${tool_path[$t]}" ] || { echo "build-image: $t is missing (Debian: ${tools[$t]}); run docker/deps.sh" >&2; exit 1; }
 done
-[ -d "$xtables_dir" ] || { echo "build-image: $xtables_dir is missing (Debian: iptables); run docker/deps.sh" >&2; exit 1; }
+[ -n "$xtables_dir" ] && [ -d "$xtables_dir" ] \
+  || { echo "build-image: iptables' xtables module directory is missing (Debian: iptables); run docker/deps.sh" >&2; exit 1; }
 if ! file -L "$busybox" | grep -q 'statically linked'; then
   echo "build-image: $busybox is not busybox-static; run docker/deps.sh" >&2
   exit 1
