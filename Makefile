@@ -56,7 +56,8 @@ RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
 
 # Which cargo command makes the binaries the image is built from: `build` (default: `cargo build
 # --release --bins`) or `test` (`cargo test --release --all-targets --no-run`, the build `make
-# test` does, so right after it nothing is compiled; CI uses it). The two differ in the features
+# test` does, so right after it nothing is compiled when both use the same CARGO_TARGET_DIR, as
+# .ci/run sets it; CI uses it). The two differ in the features
 # of dev-dependencies (tokio's test-util), so each compiles rkube once on its own; cargo decides
 # in both cases whether the binaries are up to date.
 IMAGE_BINS ?= build
