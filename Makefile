@@ -53,15 +53,32 @@ clean:
 
 # The docker-compose cluster (docker/, docker-compose.yml; see README). `make images` builds the
 # release binaries in the shared cargo cache (where RocksDB is already compiled) and the local
-# image rkube:dev FROM scratch; `make cluster` starts three masters and waits for a leader;
-# `make cluster-test` restarts them one at a time under writes and checks nothing was lost.
+# image rkube:dev FROM scratch; `make cluster` starts three masters and two workers and waits for
+# a leader and Ready workers; `make cluster-test` runs a Deployment on the workers and deletes
+# it, then restarts the masters one at a time under writes, checks nothing was lost, and that
+# the workers are still Ready.
 RKUBE_TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(HOME)/.cache/rkube-target)
+
+# Which cargo command makes the binaries the image is built from: `build` (default: `cargo build
+# --release --bins`) or `test` (`cargo test --release --all-targets --no-run`, the build `make
+# test` does, so right after it nothing is compiled when both use the same CARGO_TARGET_DIR, as
+# .ci/run sets it; CI uses it). The two differ in the features
+# of dev-dependencies (tokio's test-util), so each compiles rkube once on its own; cargo decides
+# in both cases whether the binaries are up to date.
+IMAGE_BINS ?= build
+ifeq ($(IMAGE_BINS),build)
+IMAGE_CARGO := $(CARGO) build $(PROFILE) --bins
+else ifeq ($(IMAGE_BINS),test)
+IMAGE_CARGO := $(CARGO) test $(PROFILE) --all-targets --no-run
+else
+$(error IMAGE_BINS must be build or test, not "$(IMAGE_BINS)")
+endif
 
 .PHONY: images cluster cluster-down cluster-test
 
 images: deps
 	@docker/deps.sh
-	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(CARGO) build $(PROFILE) --bins
+	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) $(IMAGE_CARGO)
 	CARGO_TARGET_DIR=$(RKUBE_TARGET_DIR) docker/build-image.sh
 
 cluster: images
@@ -72,7 +89,8 @@ cluster-down:
 
 # The cluster is removed afterwards whether the check passed or not.
 cluster-test: images
-	docker/cluster.sh up && docker/rolling-restart.sh; status=$$?; docker/cluster.sh down; exit $$status
+	docker/cluster.sh up && docker/pods-test.sh && docker/rolling-restart.sh && docker/cluster.sh wait; \
+	  status=$$?; docker/cluster.sh down; exit $$status
 
 # tests/jepsen (see tests/jepsen/README.md): workloads against a fresh three-member compose
 # cluster per scenario while a nemesis kills, pauses, partitions and replaces members; the

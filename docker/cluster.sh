@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Starts and stops the three-master compose cluster (docker-compose.yml).
-#   docker/cluster.sh up     start it (image rkube:dev must exist: make images) and wait
-#   docker/cluster.sh wait   wait until m1..m3 are healthy and agree on a leader; print members
+# Starts and stops the compose cluster (docker-compose.yml): three masters and two workers.
+#   docker/cluster.sh up     start it (image $RKUBE_IMAGE, default rkube:dev, must exist: make
+#                            images) and wait
+#   docker/cluster.sh wait   wait until m1..m3 are healthy and agree on a leader, then until the
+#                            workers w1, w2 are Ready nodes; print members and nodes
 #   docker/cluster.sh down   remove its containers, network and volumes
-# RKUBE_CLUSTER_WAIT: seconds to wait (default 120).
+# RKUBE_CLUSTER_WAIT: seconds to wait for each of the two (default 120).
 set -euo pipefail
 # shellcheck source=docker/compose.sh
 . "$(dirname "$0")/compose.sh"
 
 masters=(m1 m2 m3)
+workers=(w1 w2)
+image="${RKUBE_IMAGE:-rkube:dev}"
 endpoints=172.28.0.11:6443,172.28.0.12:6443,172.28.0.13:6443
 
 wait_ready() {
@@ -34,19 +38,43 @@ wait_ready() {
     fi
     sleep 2
   done
-  echo "cluster: ready in ${SECONDS}s"
+  echo "cluster: masters ready in ${SECONDS}s"
   compose exec -T m1 etcdctl --endpoints="$endpoints" member list -w table
   compose exec -T m1 etcdctl --endpoints="$endpoints" endpoint status -w table
 }
 
+# Waits until every worker is a Ready node (`rkctl get nodes` through m1's API).
+wait_nodes() {
+  local deadline=$((SECONDS + ${RKUBE_CLUSTER_WAIT:-120})) nodes w missing
+  while :; do
+    nodes="$(compose exec -T m1 rkctl get nodes 2>&1 || true)"
+    missing=""
+    for w in "${workers[@]}"; do
+      awk -v w="$w" '$1 == w && $2 == "Ready" { found = 1 } END { exit !found }' <<<"$nodes" \
+        || missing+=" $w"
+    done
+    [ -z "$missing" ] && break
+    if [ $SECONDS -ge "$deadline" ]; then
+      echo "cluster: workers not Ready after ${RKUBE_CLUSTER_WAIT:-120}s:$missing; rkctl get nodes:" >&2
+      echo "$nodes" >&2
+      for w in "${workers[@]}"; do compose logs --tail=20 "$w" >&2 || true; done
+      exit 1
+    fi
+    sleep 2
+  done
+  echo "cluster: workers Ready after ${SECONDS}s"
+  compose exec -T m1 rkctl get nodes -o wide
+}
+
 case "${1:-}" in
   up)
-    docker image inspect rkube:dev >/dev/null 2>&1 \
-      || { echo "cluster: image rkube:dev is missing; run make images" >&2; exit 1; }
+    docker image inspect "$image" >/dev/null 2>&1 \
+      || { echo "cluster: image $image is missing; run make images" >&2; exit 1; }
     compose up -d
     wait_ready
+    wait_nodes
     ;;
-  wait) wait_ready ;;
+  wait) wait_ready; wait_nodes ;;
   down) compose down -v --remove-orphans ;;
   *) echo "usage: $0 up|wait|down" >&2; exit 2 ;;
 esac

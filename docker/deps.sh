@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Checks for the Debian packages whose files go into the rkube:dev image and installs the
 # missing ones with apt-get, saying what it installs: busybox-static (a shell and basic tools
-# inside the FROM-scratch image) and etcd-client (etcdctl, for health checks and debugging).
-# Also checks that docker and a Compose (v1 `docker-compose` or v2 `docker compose`) exist;
-# those are not installed here. Usage: docker/deps.sh
+# inside the FROM-scratch image, and the demo pod images), etcd-client (etcdctl, for health
+# checks and debugging), and what the workers' runc runtime runs: runc, iproute2 (ip) and
+# iptables. Also checks that docker and a Compose (v1 `docker-compose` or v2 `docker compose`)
+# exist; those are not installed here. Usage: docker/deps.sh
 set -euo pipefail
 
-want=(busybox-static etcd-client)
+want=(busybox-static etcd-client runc iproute2 iptables)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 #
 #   scripts/test-registry.sh start DIR   # prints the registry's port on stdout
 #   scripts/test-registry.sh stop DIR
+#   scripts/test-registry.sh layout DIR  # only builds the images into DIR/oci (no registry)
 #
 # With TEST_REGISTRY_CREDS=USER:PASSWORD in the environment (not REGISTRY_*: docker-registry reads
 # those as configuration) the registry requires basic auth
@@ -21,7 +22,7 @@ set -euo pipefail
 
 cmd=${1:-}
 dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|layout DIR" >&2; exit 2; }
 
 need() {
   for tool in "$@"; do
@@ -150,5 +151,6 @@ EOF
 case "$cmd" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  layout) need busybox sha256sum gzip tar; mkdir -p "$dir"; build_images ;;
+  *) echo "usage: $0 start|stop|layout DIR" >&2; exit 2 ;;
 esac
