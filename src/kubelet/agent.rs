@@ -510,13 +510,21 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
     let live: HashSet<String> = pods.cache().list().iter().map(|p| p.meta().uid.clone()).collect();
     let mut adoptable = HashMap::new();
     for s in found {
-        if live.contains(&s.sandbox.config.uid) {
+        // A sandbox whose network namespace is gone (the node rebooted, or /run was a tmpfs of
+        // a container that restarted) cannot run its containers again: it is removed, and the
+        // pod's worker builds a new one.
+        let lost_netns = s.sandbox.netns.as_ref().is_some_and(|p| !p.exists());
+        if live.contains(&s.sandbox.config.uid) && !lost_netns {
             adoptable.insert(s.sandbox.config.uid.clone(), s);
+            continue;
+        }
+        if lost_netns {
+            tracing::info!(sandbox = %s.sandbox.id, pod = %s.sandbox.config.name, "removing a sandbox whose network namespace is gone");
         } else {
             tracing::info!(sandbox = %s.sandbox.id, pod = %s.sandbox.config.name, "removing the sandbox of a pod that is gone");
-            if let Err(e) = runtime.remove_sandbox(&s.sandbox.id).await {
-                tracing::warn!(sandbox = %s.sandbox.id, error = %e, "removing an orphaned sandbox");
-            }
+        }
+        if let Err(e) = runtime.remove_sandbox(&s.sandbox.id).await {
+            tracing::warn!(sandbox = %s.sandbox.id, error = %e, "removing a sandbox at start-up");
         }
     }
     match super::logs::remove_pod_logs_except(&log_root, &|uid| live.contains(uid)) {

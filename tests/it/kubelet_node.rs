@@ -1055,3 +1055,39 @@ async fn runc_exec_runs_commands_in_the_container() {
 async fn process_exec_runs_commands_in_the_container() {
     exec_runs_commands_in_the_container(RuntimeKind::Process).await;
 }
+
+/// After what a reboot leaves (the agent and every container process gone, the network
+/// namespaces gone, the state directory kept), the restarted agent does not adopt the dead
+/// sandboxes: it removes them and builds new ones, and the pod runs and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runc_pods_come_back_after_their_network_namespaces_are_lost() {
+    let (_cluster, mut agent, client) = setup(RuntimeKind::Runc).await;
+    let api = Api::<Pod>::namespaced(&client, "default");
+    api.create(&pod("phoenix", "httpd", &[])).await.expect("create");
+    let before = wait_pod(&api, "phoenix", Duration::from_secs(60), "Running", running_and_ready).await;
+    let id_before = main_status(&before).expect("status").container_id.clone();
+    agent.kill();
+    let mut seen = Seen::default();
+    seen.record(&agent);
+    assert_eq!(seen.sandboxes.len(), 1, "{seen:?}");
+    for &(pid, ticks) in &seen.processes {
+        if start_ticks(pid) == Some(ticks) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    for sid in &seen.sandboxes {
+        let status = Command::new("ip").args(["netns", "delete", &netns_name(sid)]).status().expect("ip netns delete");
+        assert!(status.success(), "deleting the netns of {sid}");
+    }
+    agent.spawn();
+    let after = wait_pod(&api, "phoenix", Duration::from_secs(60), "Running in a new container", |p| {
+        running_and_ready(p) && main_status(p).is_some_and(|c| c.container_id != id_before)
+    })
+    .await;
+    let ip: Ipv4Addr = after.status.as_ref().expect("status").pod_ip.parse().expect("pod IP");
+    let body = http_get(ip, 80).await.expect("GET on the rebuilt pod");
+    assert!(body.starts_with("HTTP/1."), "{body}");
+    assert!(agent.log().contains("removing a sandbox whose network namespace is gone"), "{}", agent.log());
+    api.delete("phoenix", &DeleteParams::default()).await.expect("delete");
+    wait_gone(&api, "phoenix", Duration::from_secs(30)).await;
+}
