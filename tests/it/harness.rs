@@ -285,6 +285,13 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// An rkctl command for `servers` that cannot pick up the caller's config or environment.
+pub fn rkctl_cmd(servers: &str) -> Command {
+    let mut c = Command::new(RKCTL);
+    c.env_remove("RKUBE_SERVER").env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test").arg("--server").arg(servers);
+    c
+}
+
 /// Retries `f` until it returns Some or `limit` passes.
 pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
 where

@@ -18,7 +18,7 @@ use rkube::kubelet::{build_runtime, NetworkConfig, RuntimeConfig, RuntimeKind};
 use rkube::pb::v1::LogsRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{eventually, free_port, run, Cluster, RKCTL, RKUBE};
+use crate::harness::{eventually, free_port, rkctl_cmd, run, Cluster, RKCTL, RKUBE};
 use crate::kubelet_runtime::Registry;
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -895,9 +895,8 @@ async fn process_rkctl_logs_tails_and_follows() {
     let script = "i=0; while true; do i=$((i+1)); echo line $i; sleep 0.2; done";
     api.create(&pod("counter", "busybox", &["sh", "-c", script])).await.expect("create");
     let rkctl = |args: &[&str]| {
-        let mut c = Command::new(RKCTL);
-        c.env_remove("RKUBE_SERVER").env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test");
-        c.arg("--server").arg(cluster.endpoints()).args(args);
+        let mut c = rkctl_cmd(&cluster.endpoints());
+        c.args(args);
         c
     };
     let number = |l: &str| -> u32 {
@@ -984,10 +983,7 @@ async fn runc_pod_limits_become_cgroup_limits_and_oom_kills_are_reported() {
     let hog = wait_pod(&api, "hog", Duration::from_secs(60), "Failed", |p| phase(p) == "Failed").await;
     let t = main_status(&hog).and_then(|c| c.state.as_ref()?.terminated.clone()).expect("terminated");
     assert_eq!((t.reason.as_str(), t.exit_code), ("OOMKilled", 137));
-    let (ok, out, err) = run(Command::new(RKCTL)
-        .env_remove("RKUBE_SERVER")
-        .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
-        .args(["--server", &cluster.endpoints(), "get", "pod", "hog"]));
+    let (ok, out, err) = run(rkctl_cmd(&cluster.endpoints()).args(["get", "pod", "hog"]));
     assert!(ok, "{err}");
     let row: Vec<&str> = out.lines().nth(1).unwrap_or_default().split_whitespace().collect();
     assert_eq!(row.get(1..3), Some(&["0/1", "OOMKilled"][..]), "{out}");
@@ -1010,23 +1006,13 @@ async fn exec_runs_commands_in_the_container(kind: RuntimeKind) {
         vec![EnvVar { name: "GREETING".into(), value: "hello from the pod".into() }];
     api.create(&p).await.expect("create");
     wait_pod(&api, "box", Duration::from_secs(60), "Running", |p| phase(p) == "Running").await;
-    let rkctl = |args: &[&str]| {
-        run(Command::new(RKCTL)
-            .env_remove("RKUBE_SERVER")
-            .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
-            .args(["--server", &cluster.endpoints()])
-            .args(args))
-    };
+    let rkctl = |args: &[&str]| run(rkctl_cmd(&cluster.endpoints()).args(args));
     let (ok, out, err) = rkctl(&["exec", "box", "--", "sh", "-c", "echo $GREETING; echo to-stderr >&2"]);
     assert!(ok, "{err}");
     assert_eq!((out.as_str(), err.as_str()), ("hello from the pod\n", "to-stderr\n"));
 
-    let failed = Command::new(RKCTL)
-        .env_remove("RKUBE_SERVER")
-        .env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test")
-        .args(["--server", &cluster.endpoints(), "exec", "box", "--", "sh", "-c", "exit 3"])
-        .output()
-        .expect("rkctl exec");
+    let failed =
+        rkctl_cmd(&cluster.endpoints()).args(["exec", "box", "--", "sh", "-c", "exit 3"]).output().expect("rkctl exec");
     assert_eq!(failed.status.code(), Some(3));
     assert_eq!(String::from_utf8_lossy(&failed.stderr), "command terminated with exit code 3\n");
 

@@ -17,9 +17,7 @@ use crate::harness::*;
 
 /// An rkctl command that cannot pick up the caller's config or environment.
 fn cmd(servers: &str) -> Command {
-    let mut c = Command::new(RKCTL);
-    c.env_remove("RKUBE_SERVER").env("XDG_CONFIG_HOME", "/nonexistent-rkctl-test").arg("--server").arg(servers);
-    c
+    rkctl_cmd(servers)
 }
 
 fn rkctl(servers: &str, args: &[&str]) -> (bool, String, String) {
