@@ -11,6 +11,6 @@ pub mod mvcc;
 pub mod snapshot;
 
 pub use command::{ApplyError, Command, Response};
-pub use mvcc::{Applier, LeaseRecord, MemberAttr, Revisions, Store};
+pub use mvcc::{Applier, EventBatch, LeaseRecord, MemberAttr, Revisions, Store};
 
 pub(crate) use keys::in_range;

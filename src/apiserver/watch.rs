@@ -16,8 +16,8 @@ use crate::api::{self, Object};
 use crate::pb::mvccpb::event::EventType;
 use crate::store::ApplyError;
 
-/// Revisions read from the store per step.
-const REVS_PER_STEP: usize = 256;
+/// Events read from the store per step (whole revisions, so a step may hold a few more).
+const EVENTS_PER_STEP: usize = 256;
 /// Events queued for one watcher before it waits for its client.
 pub const WATCH_QUEUE: usize = 256;
 
@@ -52,10 +52,10 @@ impl ApiServer {
         let mut last_bookmark = tokio::time::Instant::now();
         loop {
             let store = self.store.clone();
-            let step = tokio::task::spawn_blocking(move || store.events(from, REVS_PER_STEP))
+            let step = tokio::task::spawn_blocking(move || store.events(from, EVENTS_PER_STEP))
                 .await
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let (events, revs) = match step {
+            let batch = match step {
                 Ok(x) => x,
                 Err(ApplyError::Compacted) => {
                     return Err(ApiError::Expired(format!(
@@ -66,29 +66,22 @@ impl ApiServer {
                 }
                 Err(e) => return Err(ApiError::from_apply(e)),
             };
-            let mut revs_seen = 0usize;
-            let mut last_rev = from - 1;
-            for ev in events {
+            for ev in &batch.events {
                 let Some(kv) = ev.kv.as_ref() else { continue };
-                if kv.mod_revision != last_rev {
-                    revs_seen += 1;
-                    last_rev = kv.mod_revision;
-                }
                 if !kv.key.starts_with(&prefix) {
                     continue;
                 }
-                if let Some(out) = self.translate::<K>(&ev, opts)? {
+                if let Some(out) = self.translate::<K>(ev, opts)? {
                     if tx.send(Ok(out)).await.is_err() {
                         return Ok(());
                     }
                 }
             }
-            if revs_seen >= REVS_PER_STEP {
-                from = last_rev + 1;
+            from = batch.next;
+            if from <= batch.revs.current {
+                // The batch filled up before the end of what was applied: read on at once.
                 continue;
             }
-            // Caught up with everything applied when the read began.
-            from = from.max(revs.current + 1);
             if bookmarks && last_bookmark.elapsed() >= self.cfg.bookmark_interval {
                 let mut obj = K::default();
                 obj.meta_mut().resource_version = (from - 1).to_string();

@@ -24,8 +24,8 @@ use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::mvccpb::event::EventType;
 use crate::store::ApplyError;
 
-/// Revisions read from the store per batch sent to a watcher.
-const REVS_PER_BATCH: usize = 256;
+/// Events read from the store per batch sent to a watcher (whole revisions, so a few more at times).
+const EVENTS_PER_BATCH: usize = 256;
 /// Responses queued for one stream before watchers wait for the client.
 const STREAM_QUEUE: usize = 128;
 
@@ -173,20 +173,16 @@ impl Watcher {
             if next <= current {
                 let store = self.api.store.clone();
                 let from = next;
-                let read = tokio::task::spawn_blocking(move || store.events(from, REVS_PER_BATCH)).await;
-                let (events, revs) = match read {
-                    Ok(Ok(r)) => r,
+                let read = tokio::task::spawn_blocking(move || store.events(from, EVENTS_PER_BATCH)).await;
+                let batch = match read {
+                    Ok(Ok(b)) => b,
                     Ok(Err(ApplyError::Compacted)) => return self.compacted().await,
                     Ok(Err(e)) => return self.fail(current, e.to_string()).await,
                     Err(_) => return self.fail(current, "watch read task failed".into()).await,
                 };
-                let last = events.last().and_then(|e| e.kv.as_ref()).map(|kv| kv.mod_revision);
-                next = match last {
-                    Some(r) => r + 1,
-                    None => revs.current.max(next - 1) + 1,
-                };
+                next = batch.next;
                 let mut selected = Vec::new();
-                for mut ev in events {
+                for mut ev in batch.events {
                     let Some(kv) = ev.kv.as_ref() else { continue };
                     if !crate::store::in_range(&kv.key, &self.req.key, &self.req.range_end) {
                         continue;
@@ -202,7 +198,7 @@ impl Watcher {
                     selected.push(ev);
                 }
                 if !selected.is_empty() {
-                    let mut resp = self.response(revs.current);
+                    let mut resp = self.response(batch.revs.current);
                     resp.events = selected;
                     if !self.send(resp).await {
                         return;

@@ -40,6 +40,17 @@ pub struct Revisions {
     pub compacted: i64,
 }
 
+/// One read of the revision log ([`Store::events`]).
+#[derive(Debug)]
+pub struct EventBatch {
+    pub events: Vec<Event>,
+    /// The store's revisions when the batch was read.
+    pub revs: Revisions,
+    /// The revision the following read starts at: after the last revision in `events` when
+    /// the batch filled up, else after `revs.current` (every event up to it was read).
+    pub next: i64,
+}
+
 /// A member's published attributes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberAttr {
@@ -298,9 +309,10 @@ impl Store {
         Ok(resp)
     }
 
-    /// Events with revisions in `[from, ..]`, at most `max` revisions' worth, in order.
-    /// Fails with Compacted when `from` is below the compaction point.
-    pub fn events(&self, from: i64, max: usize) -> Result<(Vec<Event>, Revisions), ApplyError> {
+    /// The events of whole revisions from `from` on, in order: about `max` events (a revision
+    /// is never split, so a batch may hold more), and where the next read starts. Fails with
+    /// Compacted when `from` is below the compaction point.
+    pub fn events(&self, from: i64, max: usize) -> Result<EventBatch, ApplyError> {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
@@ -311,18 +323,21 @@ impl Store {
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
         let start = keys::rev_key(from, 0);
-        let mut out = Vec::new();
+        let mut events = Vec::new();
         let mut last_rev = 0;
+        // Everything up to the snapshot's current revision, unless the batch fills up first.
+        let mut next = revs.current.max(from - 1) + 1;
         for item in self.db.iterator_cf_opt(cf(&self.db, CF_REVS), ro, IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item.map_err(storage)?;
             let rev = keys::rev_of(&k);
-            if rev != last_rev && out.len() >= max {
+            if rev != last_rev && events.len() >= max {
+                next = rev;
                 break;
             }
             last_rev = rev;
-            out.push(Event::decode(v.as_ref()).map_err(storage)?);
+            events.push(Event::decode(v.as_ref()).map_err(storage)?);
         }
-        Ok((out, revs))
+        Ok(EventBatch { events, revs, next })
     }
 
     /// The version of `key` just before revision `rev`, if it was live then.
@@ -1007,6 +1022,41 @@ mod tests {
     }
 
     #[test]
+    fn event_batches_hold_whole_revisions_and_say_where_to_go_on() {
+        let (_d, s, mut a) = fresh();
+        // Revisions 2..=11 with two events each (a delete of two keys), then 12 with one.
+        for i in 0..10 {
+            put(&mut a, &format!("p{i}a"), "1");
+            put(&mut a, &format!("p{i}b"), "1");
+        }
+        for i in 0..10 {
+            del(&mut a, &format!("p{i}a"), &format!("p{i}c"));
+        }
+        put(&mut a, "last", "1");
+        let from = 22; // the first delete
+        let revs_of = |b: &EventBatch| b.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>();
+        let mut seen = Vec::new();
+        let mut next = from;
+        let mut reads = 0;
+        while next <= s.revisions().current {
+            let b = s.events(next, 3).unwrap();
+            let revs = revs_of(&b);
+            assert!(revs.len() <= 4, "a batch of 3 takes at most one more to finish a revision: {revs:?}");
+            assert!(revs.windows(2).all(|w| w[0] <= w[1]));
+            next = b.next;
+            seen.extend(revs);
+            reads += 1;
+        }
+        let mut want: Vec<i64> = (22..32).flat_map(|r| [r, r]).collect();
+        want.push(32);
+        assert_eq!(seen, want, "every event of every revision, once, in order");
+        assert!(reads >= 6, "the batches were limited ({reads} reads)");
+        let all = s.events(from, 1000).unwrap();
+        assert_eq!(all.next, 33, "a read that reached the end goes on after the current revision");
+        assert_eq!(s.events(40, 10).unwrap().next, 40, "a read from the future stays where it was asked to start");
+    }
+
+    #[test]
     fn compaction_drops_history_but_keeps_the_compacted_revision_readable() {
         let (_d, s, mut a) = fresh();
         put(&mut a, "a", "1"); // 2
@@ -1019,7 +1069,7 @@ mod tests {
         assert_eq!(range(&s, "a", "\0", 5).unwrap(), vec![("a".into(), "2".into(), 2, 3, 2)]);
         assert_eq!(range(&s, "a", "", 0).unwrap()[0].1, "3");
         assert_eq!(s.events(4, 100).unwrap_err(), ApplyError::Compacted);
-        let (events, _) = s.events(5, 100).unwrap();
+        let events = s.events(5, 100).unwrap().events;
         assert_eq!(events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect::<Vec<_>>(), vec![5, 6]);
         assert!(matches!(
             a.apply(Some(&Command::Compact { revision: 5 }), &[]).unwrap(),

@@ -325,6 +325,38 @@ async fn watch_resumes_from_a_resource_version_without_missing_or_repeating() {
     assert!(revs.windows(2).all(|w| w[0] < w[1]), "resourceVersions strictly increase: {revs:?}");
 }
 
+/// Writes of some kinds change two keys in one revision (a Lease and its fence record, a Service
+/// and its cluster IP). A watch reading the revision log in batches once took a batch holding
+/// fewer revisions than events for the end of the log and skipped the rest: a pod created after
+/// many node-lease renewals never reached the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_many_two_key_revisions_still_sees_every_event() {
+    let c = Cluster::start(1).await;
+    let client = client(&c);
+    let pods = Api::<Pod>::namespaced(&client, "default");
+    let leases = Api::<Lease>::namespaced(&client, "default");
+    let from = pods.create(&pod("before")).await.expect("create").meta().resource_version.clone();
+    let creates = (0..300).map(|i| {
+        let leases = leases.clone();
+        async move { leases.create(&sample::<Lease>(&format!("l{i}"))).await.expect("create lease") }
+    });
+    futures::future::join_all(creates).await;
+    let after = pods.create(&pod("after")).await.expect("create");
+
+    let mut w = pods.watch(&ListParams::default(), &from).await.expect("watch");
+    let seen: Vec<_> = take_events(&mut w, 1).await.iter().map(describe).collect();
+    assert_eq!(seen, vec![("ADDED".to_string(), "after".to_string(), after.meta().resource_version.clone())]);
+    // Live as well: a pod created behind another burst of leases while the watch waits.
+    let more = (300..600).map(|i| {
+        let leases = leases.clone();
+        async move { leases.create(&sample::<Lease>(&format!("l{i}"))).await.expect("create lease") }
+    });
+    futures::future::join_all(more).await;
+    pods.delete("after", &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await.expect("delete");
+    let seen: Vec<_> = take_events(&mut w, 1).await.iter().map(describe).collect();
+    assert_eq!((seen[0].0.as_str(), seen[0].1.as_str()), ("DELETED", "after"), "{seen:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_from_a_compacted_resource_version_is_expired() {
     let c = Cluster::start(1).await;
