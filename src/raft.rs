@@ -268,8 +268,9 @@ impl RaftNode {
         .validate()
         .map_err(|e| stop(e.to_string()))?;
         let stats = Arc::new(SyncStats::default());
-        let log = log_store::LogStore::new(store.db().clone(), stats.clone());
-        let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone())
+        let durability = Arc::new(log_store::Durability::default());
+        let log = log_store::LogStore::new(store.db().clone(), stats.clone(), opts.id, durability.clone());
+        let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone(), durability)
             .map_err(|e| stop(e.to_string()))?;
         let channels = network::PeerChannels::default();
         let net = network::Network { channels: channels.clone() };
@@ -679,7 +680,7 @@ mod tests {
     use openraft::testing::{StoreBuilder, Suite};
     use openraft::StorageError;
 
-    use super::log_store::LogStore;
+    use super::log_store::{Durability, LogStore};
     use super::state_machine::StateMachine;
     use super::TypeConfig;
     use crate::store::db::{self, Identity};
@@ -693,8 +694,9 @@ mod tests {
             let opened = db::open(&dir.path().join("data"), Identity { cluster_id: 1, member_id: 1 })
                 .expect("opening a fresh database");
             let store = Store::new(opened.db).expect("reading a fresh store");
-            let log = LogStore::new(store.db().clone(), Arc::default());
-            let sm = StateMachine::new(store, dir.path().join("snapshots"))?;
+            let durability = Arc::new(Durability::default());
+            let log = LogStore::new(store.db().clone(), Arc::default(), 1, durability.clone());
+            let sm = StateMachine::new(store, dir.path().join("snapshots"), durability)?;
             Ok((dir, log, sm))
         }
     }

@@ -20,6 +20,7 @@ use openraft::{
 use rocksdb::DB;
 use tokio::io::AsyncSeekExt;
 
+use super::log_store::Durability;
 use super::{Member, TypeConfig};
 use crate::store::db::CF_META;
 use crate::store::{snapshot, Applier, Response, Store};
@@ -47,10 +48,16 @@ pub struct StateMachine {
     incoming: Option<PathBuf>,
     /// How far into a log entry of several commands the state machine got.
     partial: Option<(u64, usize)>,
+    /// The log's syncs: an entry is applied only once it is synced here too.
+    durability: Arc<Durability>,
 }
 
 impl StateMachine {
-    pub fn new(store: Arc<Store>, snapshot_dir: PathBuf) -> Result<Self, StorageError<u64>> {
+    pub fn new(
+        store: Arc<Store>,
+        snapshot_dir: PathBuf,
+        durability: Arc<Durability>,
+    ) -> Result<Self, StorageError<u64>> {
         std::fs::create_dir_all(&snapshot_dir).map_err(sm_err)?;
         let meta = store.db().cf_handle(CF_META).expect("column family exists");
         let partial = match store.db().get_cf(meta, PARTIAL).map_err(sm_err)? {
@@ -63,6 +70,7 @@ impl StateMachine {
             applier: Applier::new(store).map_err(sm_err)?,
             dir: snapshot_dir,
             incoming: None,
+            durability,
         })
     }
 }
@@ -167,6 +175,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        // The leader acknowledged its own entries before syncing them; apply them, which answers
+        // the client and shows them to reads, only once they are on this disk too.
+        self.durability.wait_synced().await.map_err(sm_err)?;
         let mut out = Vec::new();
         for entry in entries {
             let applied = bincode::serialize(&Some(entry.log_id)).map_err(sm_err)?;
