@@ -60,6 +60,19 @@ pub enum F {
     Heal,
 }
 
+impl F {
+    /// A workload's single operation on the system (not a final read, a watch or the nemesis):
+    /// what the availability figures count.
+    pub fn is_client_op(self) -> bool {
+        self.is_write() || matches!(self, F::Read | F::ObjGet)
+    }
+
+    /// An operation that changes the system: what recovery after healing waits for.
+    pub fn is_write(self) -> bool {
+        matches!(self, F::Write | F::Cas | F::Add | F::Txn | F::ObjUpdate)
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Op {
     /// Position in the history.

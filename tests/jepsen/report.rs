@@ -18,7 +18,7 @@ const MAX_STEPS: u64 = 20_000_000;
 /// Recovery bound after the last heal.
 const RECOVERY_MS: u64 = 10_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, Debug)]
 pub struct Figures {
     pub seconds: f64,
     pub fault_seconds: f64,
@@ -209,20 +209,23 @@ impl Report {
     }
 }
 
+/// The watch workload's sentinel write, made after the workloads stopped: not part of the run.
+fn after_the_run(o: &Op) -> bool {
+    crate::workload::watch::SENTINEL_PROCESSES.contains(&o.process)
+}
+
 fn figures(ops: &[Op], periods: &[(String, u64, u64)], end_us: u64) -> Figures {
-    let client_ops = [F::Read, F::Write, F::Cas, F::Add, F::Txn];
     let mut oks: Vec<u64> = ops
         .iter()
-        .filter(|o| o.kind == Kind::Ok && client_ops.contains(&o.f) && o.process < 2_900_000)
+        .filter(|o| o.kind == Kind::Ok && o.f.is_client_op() && !after_the_run(o))
         .map(|o| o.time_us)
         .collect();
     oks.sort_unstable();
-    let first_invoke =
-        ops.iter().find(|o| o.kind == Kind::Invoke && client_ops.contains(&o.f)).map_or(0, |o| o.time_us);
+    let first_invoke = ops.iter().find(|o| o.kind == Kind::Invoke && o.f.is_client_op()).map_or(0, |o| o.time_us);
     let last_invoke = ops
         .iter()
         .rev()
-        .find(|o| o.kind == Kind::Invoke && client_ops.contains(&o.f) && o.process < 2_900_000)
+        .find(|o| o.kind == Kind::Invoke && o.f.is_client_op() && !after_the_run(o))
         .map_or(0, |o| o.time_us);
     let in_fault = |t: u64| periods.iter().any(|(_, a, b)| t >= *a && t < *b);
     let fault_us: u64 = periods.iter().map(|(_, a, b)| b - a).sum();
@@ -260,5 +263,33 @@ fn figures(ops: &[Op], periods: &[(String, u64, u64)], end_us: u64) -> Figures {
         ok_per_s_healthy: (oks.len() - ok_faults) as f64 / ((span_us.saturating_sub(fault_us)).max(1) as f64 / 1e6),
         longest_unavailable_ms: longest.0 / 1000,
         longest_unavailable_at_s: longest.1 as f64 / 1e6,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(process: i64, kind: Kind, f: F, ms: u64) -> Op {
+        let mut o = Op::new(process, kind, f);
+        o.time_us = ms * 1000;
+        o
+    }
+
+    #[test]
+    fn object_operations_count_in_the_figures() {
+        let mut ops = Vec::new();
+        for i in 0..10u64 {
+            let f = if i % 2 == 0 { F::ObjGet } else { F::ObjUpdate };
+            ops.push(op(6_000_000, Kind::Invoke, f, i * 1000));
+            ops.push(op(6_000_000, Kind::Ok, f, i * 1000 + 10));
+        }
+        // A fault from 2.5 s to 6.5 s during which nothing is acknowledged after 3 s.
+        ops.retain(|o| !(o.time_us > 3_100_000 && o.time_us < 6_500_000));
+        let periods = vec![("kill-leader".to_string(), 2_500_000, 6_500_000)];
+        let f = figures(&ops, &periods, 10_000_000);
+        assert!(f.ok_per_s_healthy > 0.0, "{f:?}");
+        assert_eq!(f.worst_gap_ms_by_fault["kill-leader"], 3490, "from the ok at 3.01 s to the fault's end");
+        assert_eq!(f.longest_unavailable_ms, 4000, "from 3.01 s to the next ok at 7.01 s");
     }
 }

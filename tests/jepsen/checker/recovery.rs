@@ -20,11 +20,10 @@ pub fn check(ops: &[Op], leader_ms: Option<u64>, bound_ms: u64) -> (Vec<Anomaly>
     let Some(heal) = heal else {
         return (out, RecoveryStats { leader_ms, write_ms: None });
     };
-    let writes = [F::Write, F::Cas, F::Add, F::Txn];
     // The first write completion acknowledged after the heal whose invocation came after it too.
     let mut invoked_after: std::collections::HashSet<(i64, usize)> = Default::default();
     let mut first_ok: Option<&Op> = None;
-    for o in ops.iter().filter(|o| o.index > heal.index && writes.contains(&o.f)) {
+    for o in ops.iter().filter(|o| o.index > heal.index && o.f.is_write()) {
         match o.kind {
             Kind::Invoke => {
                 invoked_after.insert((o.process, 0));
@@ -94,5 +93,19 @@ mod tests {
         ];
         let kinds: Vec<String> = check(&slow, None, 10_000).0.into_iter().map(|a| a.kind).collect();
         assert_eq!(kinds, ["slow-recovery", "no-leader"]);
+    }
+
+    #[test]
+    fn an_object_update_counts_as_a_write() {
+        let h = vec![
+            at(NEMESIS, Kind::Ok, F::Heal, 1000, 0),
+            at(1, Kind::Invoke, F::ObjGet, 1100, 1),
+            at(1, Kind::Ok, F::ObjGet, 1200, 2),
+            at(1, Kind::Invoke, F::ObjUpdate, 1300, 3),
+            at(1, Kind::Ok, F::ObjUpdate, 1400, 4),
+        ];
+        let (a, s) = check(&h, Some(5), 10_000);
+        assert!(a.is_empty(), "{a:?}");
+        assert_eq!(s.write_ms, Some(400));
     }
 }

@@ -100,10 +100,13 @@ async fn write(ctx: &Ctx, p: &mut Process, writes: Vec<(String, Option<String>)>
     }
 }
 
+/// Process ids of the sentinel writer: below the watchers' (3,000,000 on).
+pub const SENTINEL_PROCESSES: std::ops::Range<i64> = 2_900_000..3_000_000;
+
 /// Writes the sentinel after the writers stopped; its revision is the end of the run.
 pub async fn sentinel(ctx: &Ctx, within: Duration) -> Option<i64> {
     let deadline = Instant::now() + within;
-    let mut p = Process::new(0, 1, 2_900_000);
+    let mut p = Process::new(0, 1, SENTINEL_PROCESSES.start);
     while Instant::now() < deadline {
         let w = vec![(format!("{}~end", prefix(ctx)), Some(format!("end-{}", ctx.seed)))];
         if let Some(rev) = write(ctx, &mut p, w).await {
