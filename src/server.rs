@@ -77,7 +77,8 @@ pub struct ServerOpts {
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "RKUBE_HEARTBEAT_INTERVAL", default_value_t = 100)]
     pub heartbeat_interval: u64,
-    /// Raft election timeout in milliseconds.
+    /// Raft election timeout in milliseconds: a member that stops hearing its leader stands
+    /// for election after 1.5 to 2 times this.
     #[arg(long, env = "RKUBE_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Entries between snapshots.
