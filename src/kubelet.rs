@@ -2,9 +2,10 @@
 //! the node and container log files.
 //!
 //! What it owns: a state directory per node (sandboxes, containers, their shims' records, IP
-//! allocations) and an image store directory. Who it talks to: the `runc` binary, `ip` and
-//! `iptables`, OCI registries over HTTP(S), and the pod worker that maps Kubernetes Pod objects
-//! onto [`SandboxConfig`] and [`ContainerConfig`] and drives a [`Runtime`].
+//! allocations) and an image store directory. Who it talks to: the `runc` binary, the kernel
+//! over rtnetlink, `iptables`, OCI registries over HTTP(S), and the pod worker that maps
+//! Kubernetes Pod objects onto [`SandboxConfig`] and [`ContainerConfig`] and drives a
+//! [`Runtime`].
 //!
 //! - [`runtime`]: the [`Runtime`] trait and its types, and [`build_runtime`] (`auto` picks runc
 //!   when it can run it, else plain processes).
@@ -12,7 +13,8 @@
 //!   supervisor process ([`shim`]) that owns the container's stdout/stderr and records how it
 //!   exited, so containers outlive a kubelet restart and are adopted by the next one.
 //! - [`image`]: references, pull policy, the content-addressed store, registry pulls, imports.
-//! - [`network`], [`ipam`]: netns + veth on bridge `rkube0`, host-local IP allocation, masquerade.
+//! - [`network`], [`ipam`]: netns + veth on bridge `rkube0`, host-local IP allocation, masquerade;
+//!   `netlink`: the rtnetlink requests they are made with.
 //! - [`logs`]: CRI-format log files with size-based rotation, and their reader (tail, follow).
 //! - [`backoff`]: CrashLoopBackOff / ImagePullBackOff delays (10 s doubling to 5 min).
 //! - [`cli`]: `rkube image import|ls|pull`.
@@ -27,6 +29,7 @@ mod engine;
 pub mod image;
 pub mod ipam;
 pub mod logs;
+mod netlink;
 pub mod network;
 pub mod pod_worker;
 pub mod probe;
