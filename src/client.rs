@@ -59,6 +59,12 @@ impl ClientError {
         self.code() == Code::OutOfRange
     }
 
+    /// The masters could not be reached or answered "try again" (no leader, leader changed,
+    /// timeout): worth retrying after a pause.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self.code(), Code::Unavailable | Code::DeadlineExceeded)
+    }
+
     pub fn is_fenced(&self) -> bool {
         self.code() == Code::FailedPrecondition
     }

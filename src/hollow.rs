@@ -79,23 +79,42 @@ fn node_object(cfg: &HollowConfig, name: &str) -> Node {
     n
 }
 
-/// Registers the nodes (or takes over existing ones) and marks them Ready.
-async fn register(client: &Client, cfg: &HollowConfig) -> Result<(), ClientError> {
+/// Registers the nodes (or takes over existing ones) and marks them Ready. While the masters
+/// are unavailable (starting, electing a leader) it keeps trying, as a kubelet does; `false` if
+/// `stop` came first.
+async fn register(client: &Client, cfg: &HollowConfig, stop: &CancellationToken) -> Result<bool, ClientError> {
     let nodes = Api::<Node>::all(client);
     for i in 0..cfg.count {
         let name = node_name(cfg, i);
         let want = node_object(cfg, &name);
-        match nodes.create(&want).await {
-            Ok(_) => {}
-            Err(e) if e.is_already_exists() => {
-                let mut cur = nodes.get(&name).await?;
-                cur.status = want.status.clone();
-                nodes.update_status(&cur).await?;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let attempt = async {
+                match nodes.create(&want).await {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.is_already_exists() => {
+                        let mut cur = nodes.get(&name).await?;
+                        cur.status = want.status.clone();
+                        nodes.update_status(&cur).await.map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+            match attempt.await {
+                Ok(()) => break,
+                Err(e) if e.is_unavailable() => {
+                    tracing::info!(node = %name, error = %e, "masters unavailable; registering again")
+                }
+                Err(e) => return Err(e),
             }
-            Err(e) => return Err(e),
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 async fn renew_leases(client: Client, cfg: HollowConfig, stop: CancellationToken) {
@@ -181,7 +200,9 @@ fn running_status(pod: &Pod, ip: &str) -> PodStatus {
 
 /// Runs `cfg.count` hollow nodes until `stop`.
 pub async fn run(client: Client, cfg: HollowConfig, stop: CancellationToken) -> Result<(), ClientError> {
-    register(&client, &cfg).await?;
+    if !register(&client, &cfg, &stop).await? {
+        return Ok(());
+    }
     tokio::spawn(renew_leases(client.clone(), cfg.clone(), stop.clone()));
     let mine: HashSet<String> = (0..cfg.count).map(|i| node_name(&cfg, i)).collect();
     let pods = Informer::<Pod>::builder().start(&client, stop.clone());

@@ -452,7 +452,7 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
     loop {
         match register(&client, &cfg, node_status(&cfg, node_ip, "starting", false)).await {
             Ok(_) => break,
-            Err(e) if e.code() == tonic::Code::Unavailable || e.code() == tonic::Code::DeadlineExceeded => {
+            Err(e) if e.is_unavailable() => {
                 tracing::info!(error = %e, "waiting for the masters to register the node");
             }
             Err(e) => return Err(e.into()),
