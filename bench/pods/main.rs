@@ -23,6 +23,9 @@
 //!
 //! Percentiles are nearest-rank over the pods of a run: with 100 pods, p99 is the 99th fastest.
 
+#[path = "../common.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -32,9 +35,9 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context};
 use clap::{Args, Parser, Subcommand};
 use parking_lot::Mutex;
-use rkube::api::v1::{Namespace, Node, Pod};
+use rkube::api::v1::{Node, Pod};
 use rkube::api::Object;
-use rkube::client::{Api, Client, DeleteParams, ListParams, WatchEvent};
+use rkube::client::{Api, Client, DeleteParams, ListParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::time::Instant;
@@ -344,48 +347,6 @@ impl Tracker {
     }
 }
 
-/// Watches the benchmark's pods from `rv` until dropped, resuming where a broken watch left.
-fn spawn_watch(
-    api: Api<Pod>,
-    mut rv: String,
-    start: Instant,
-    tracker: Arc<Mutex<Tracker>>,
-    changed: Arc<tokio::sync::Notify>,
-) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
-        let params = ListParams::default().labels(&format!("{}={}", LABEL.0, LABEL.1));
-        loop {
-            let mut stream = match api.watch(&params, &rv).await {
-                Ok(s) => s,
-                Err(e) if e.is_expired() => bail!("the pod watch expired at resourceVersion {rv}"),
-                Err(e) => {
-                    eprintln!("bench-pods: watch: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            while let Some(ev) = stream.next().await {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) if e.is_expired() => bail!("the pod watch expired at resourceVersion {rv}"),
-                    Err(e) => {
-                        eprintln!("bench-pods: watch broke: {e}; resuming");
-                        break;
-                    }
-                };
-                let at = start.elapsed();
-                rv = ev.resource_version().to_string();
-                match &ev {
-                    WatchEvent::Added(p) | WatchEvent::Modified(p) => tracker.lock().observe(at, p, false),
-                    WatchEvent::Deleted(p) => tracker.lock().observe(at, p, true),
-                    WatchEvent::Bookmark(_) => continue,
-                }
-                changed.notify_waiters();
-            }
-        }
-    })
-}
-
 fn pod_object(ns: &str, name: &str, image: &str) -> anyhow::Result<Pod> {
     Ok(serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": ns, "labels": {LABEL.0: LABEL.1}},
@@ -431,16 +392,6 @@ async fn wait_for(
             last_report = Instant::now();
         }
         let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
-    }
-}
-
-async fn ensure_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
-    let mut obj = Namespace::default();
-    obj.meta_mut().name = ns.to_string();
-    match Api::<Namespace>::all(client).create(&obj).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_already_exists() => Ok(()),
-        Err(e) => Err(e).context("creating the namespace"),
     }
 }
 
@@ -532,7 +483,7 @@ async fn rkube(o: &RkubeOpts) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(s.timeout_secs);
     eprintln!("bench-pods: waiting for node {} to be Ready", o.node);
     wait_node(&client, &o.node, timeout).await?;
-    ensure_namespace(&client, &o.namespace).await?;
+    common::ensure_namespace(&client, &o.namespace).await?;
     let api = Api::<Pod>::namespaced(&client, &o.namespace);
     let selector = format!("{}={}", LABEL.0, LABEL.1);
     let (items, meta) = api.list(&ListParams::default().labels(&selector)).await?;
@@ -547,7 +498,16 @@ async fn rkube(o: &RkubeOpts) -> anyhow::Result<()> {
         timeout,
         errors: Mutex::new(BTreeMap::new()),
     };
-    let watch = spawn_watch(api, meta.resource_version, bench.start, bench.tracker.clone(), bench.changed.clone());
+    let params = ListParams::default().labels(&format!("{}={}", LABEL.0, LABEL.1));
+    let (tracker, changed) = (bench.tracker.clone(), bench.changed.clone());
+    let watch = common::spawn_pod_watch(
+        api,
+        params,
+        meta.resource_version,
+        bench.start,
+        move |at, pod, deleted| tracker.lock().observe(at, pod, deleted),
+        move || changed.notify_waiters(),
+    );
     // The watch opens lazily: give it a moment before the first create.
     tokio::time::sleep(Duration::from_millis(300)).await;
 

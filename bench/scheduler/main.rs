@@ -11,6 +11,9 @@
 //! - `report`: prints the `--json` lines of a run as Markdown, beside the anchors
 //!   (kube-scheduler's CI floor, Nomad) and the target.
 
+#[path = "../common.rs"]
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,9 +24,9 @@ use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
-use rkube::api::v1::{Namespace, Node, Pod};
+use rkube::api::v1::{Node, Pod};
 use rkube::api::Object;
-use rkube::client::{Api, Client, DeleteParams, ListParams, WatchEvent};
+use rkube::client::{Api, Client, DeleteParams, ListParams};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -211,66 +214,31 @@ impl Tracker {
     }
 }
 
-/// Watches pods of `ns` (with a label selector) from `rv` into `tracker` until the task is
-/// dropped, resuming where it broke off.
-fn spawn_watch(
-    client: Client,
-    ns: String,
-    selector: String,
-    mut rv: String,
+/// Watches the pods of `ns` matching `selector` from `rv` into `tracker`.
+fn watch_pods(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+    rv: String,
     start: Instant,
-    tracker: Arc<Mutex<Tracker>>,
-    changed: Arc<tokio::sync::Notify>,
+    tracker: &Arc<Mutex<Tracker>>,
+    changed: &Arc<tokio::sync::Notify>,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
-    tokio::spawn(async move {
-        let api = Api::<Pod>::namespaced(&client, &ns);
-        let params = ListParams::default().labels(&selector);
-        loop {
-            let mut stream = match api.watch(&params, &rv).await {
-                Ok(s) => s,
-                Err(e) if e.is_expired() => bail!("the pod watch expired at resourceVersion {rv}"),
-                Err(e) => {
-                    eprintln!("watch: {e}; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            while let Some(ev) = stream.next().await {
-                let ev = match ev {
-                    Ok(ev) => ev,
-                    Err(e) if e.is_expired() => bail!("the pod watch expired at resourceVersion {rv}"),
-                    Err(e) => {
-                        eprintln!("watch broke: {e}; resuming");
-                        break;
-                    }
-                };
-                rv = ev.resource_version().to_string();
-                let at = start.elapsed();
-                match &ev {
-                    WatchEvent::Added(p) | WatchEvent::Modified(p) => tracker.lock().observe(at, p, false),
-                    WatchEvent::Deleted(p) => tracker.lock().observe(at, p, true),
-                    WatchEvent::Bookmark(_) => continue,
-                }
-                changed.notify_one();
-            }
-        }
-    })
+    let (tracker, changed) = (tracker.clone(), changed.clone());
+    common::spawn_pod_watch(
+        Api::<Pod>::namespaced(client, ns),
+        ListParams::default().labels(selector),
+        rv,
+        start,
+        move |at, pod, deleted| tracker.lock().observe(at, pod, deleted),
+        move || changed.notify_one(),
+    )
 }
 
 /// Lists pods of `ns` matching `selector` to learn the resourceVersion to watch from.
 async fn list_rv(api: &Api<Pod>, selector: &str) -> anyhow::Result<(usize, String)> {
     let (items, meta) = api.list(&ListParams::default().labels(selector)).await?;
     Ok((items.len(), meta.resource_version))
-}
-
-async fn ensure_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
-    let mut obj = Namespace::default();
-    obj.meta_mut().name = ns.to_string();
-    match Api::<Namespace>::all(client).create(&obj).await {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_already_exists() => Ok(()),
-        Err(e) => Err(e).context("creating the namespace"),
-    }
 }
 
 /// Waits until `done` holds of the tracker, waking on every watch event.
@@ -338,7 +306,7 @@ async fn pods(c: &Common, o: &PodsOpts) -> anyhow::Result<()> {
     let (count, concurrency, ns) = (o.count, o.concurrency, o.namespace.as_str());
     ensure!(count >= 2 && concurrency >= 1, "--count must be at least 2 and --concurrency at least 1");
     let client = client(&c.endpoints)?;
-    ensure_namespace(&client, ns).await?;
+    common::ensure_namespace(&client, ns).await?;
     let api = Api::<Pod>::namespaced(&client, ns);
     let selector = "bench=scheduler";
     let (existing, rv) = list_rv(&api, selector).await?;
@@ -348,8 +316,7 @@ async fn pods(c: &Common, o: &PodsOpts) -> anyhow::Result<()> {
     let changed = Arc::new(tokio::sync::Notify::new());
     let start = Instant::now();
     let deadline = start + Duration::from_secs(c.timeout_secs);
-    let watch =
-        spawn_watch(client.clone(), ns.to_string(), selector.into(), rv, start, tracker.clone(), changed.clone());
+    let watch = watch_pods(&client, ns, selector, rv, start, &tracker, &changed);
     // Watches open lazily: give it a moment to be in place before the first create.
     tokio::time::sleep(Duration::from_millis(300)).await;
     eprintln!("creating {count} pods in namespace {ns}, {concurrency} at a time");
@@ -537,7 +504,7 @@ async fn deployment(
     nodes: usize,
 ) -> anyhow::Result<()> {
     let client = client(&c.endpoints)?;
-    ensure_namespace(&client, ns).await?;
+    common::ensure_namespace(&client, ns).await?;
     let api = Api::<Pod>::namespaced(&client, ns);
     let selector = format!("run={name}");
     let (existing, rv) = list_rv(&api, &selector).await?;
@@ -546,8 +513,7 @@ async fn deployment(
     let changed = Arc::new(tokio::sync::Notify::new());
     let start = Instant::now();
     let deadline = start + Duration::from_secs(c.timeout_secs);
-    let watch =
-        spawn_watch(client.clone(), ns.to_string(), selector.clone(), rv, start, tracker.clone(), changed.clone());
+    let watch = watch_pods(&client, ns, &selector, rv, start, &tracker, &changed);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let t0 = start.elapsed();
     let out = tokio::process::Command::new(rkctl)
