@@ -578,7 +578,23 @@ async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
         }
         let live: Vec<&Pod> = state.values().filter(|p| p.meta().deletion_timestamp.is_empty()).collect();
         max_live = max_live.max(live.len());
-        assert!(max_live <= 5, "at most replicas + maxSurge = 5 live pods at any moment, saw {max_live}");
+        if max_live > 5 {
+            let summary: Vec<String> = live
+                .iter()
+                .map(|p| {
+                    let image = &p.spec.as_ref().expect("spec").containers[0].image;
+                    let owner = p.meta().owner_references.first().map(|o| o.name.clone()).unwrap_or_default();
+                    let phase = p.status.as_ref().map(|s| s.phase.clone()).unwrap_or_default();
+                    format!("{} {image} {owner} {phase} rv={}", p.meta().name, p.meta().resource_version)
+                })
+                .collect();
+            let logs: Vec<String> = managers.iter().map(Component::log_text).collect();
+            panic!(
+                "at most replicas + maxSurge = 5 live pods at any moment, saw {max_live} (resumed: {resumed}): \
+                 {summary:#?}\n{}",
+                logs.join("\n-----\n")
+            );
+        }
         let done = live.len() == 4
             && live.iter().all(|p| running(p) && p.spec.as_ref().expect("spec").containers[0].image == "httpd:2");
         if resumed && done && state.len() == live.len() {
