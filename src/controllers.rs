@@ -104,6 +104,22 @@ pub async fn run(client: Client, cfg: ControllerConfig, stop: CancellationToken)
         leases: Informer::<Lease>::builder().namespace("kube-node-lease").start(&client, stop.clone()),
         recorder: events::Recorder::new(&client, "controller-manager"),
     };
+    // Every cache first (client-go's WaitForCacheSync): a ReplicaSet reconciled before the pod
+    // cache is filled sees too few pods and creates more. After a leader change that made a
+    // rollout go past its surge.
+    let synced = async {
+        shared.pods.wait_synced().await;
+        shared.replicasets.wait_synced().await;
+        shared.deployments.wait_synced().await;
+        shared.services.wait_synced().await;
+        shared.nodes.wait_synced().await;
+        shared.namespaces.wait_synced().await;
+        shared.leases.wait_synced().await;
+    };
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = synced => {}
+    }
     let tasks = vec![
         tokio::spawn(replicaset::run(shared.clone(), cfg.clone(), stop.clone())),
         tokio::spawn(deployment::run(shared.clone(), cfg.clone(), stop.clone())),

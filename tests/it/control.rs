@@ -589,9 +589,22 @@ async fn a_paused_controller_manager_cannot_push_a_rollout_past_its_surge() {
                 })
                 .collect();
             let logs: Vec<String> = managers.iter().map(Component::log_text).collect();
+            let (sets, _) = Api::<ReplicaSet>::namespaced(&client, "default")
+                .list(&ListParams::default())
+                .await
+                .expect("list replica sets");
+            let sets: Vec<String> = sets
+                .iter()
+                .map(|r| {
+                    let spec = r.spec.as_ref().expect("spec");
+                    let image =
+                        &spec.template.as_ref().and_then(|t| t.spec.as_ref()).expect("template").containers[0].image;
+                    format!("{} replicas={:?} {image} rv={}", r.meta().name, spec.replicas, r.meta().resource_version)
+                })
+                .collect();
             panic!(
                 "at most replicas + maxSurge = 5 live pods at any moment, saw {max_live} (resumed: {resumed}): \
-                 {summary:#?}\n{}",
+                 {summary:#?}\nreplica sets now: {sets:#?}\n{}",
                 logs.join("\n-----\n")
             );
         }
