@@ -58,6 +58,20 @@ pub struct Cluster {
     pub extra: Vec<String>,
 }
 
+/// The lines `child` prints on its (piped) stdout, on a channel as they come.
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let out = child.stdout.take().expect("the child's stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Starts an `rkube server` with the given arguments, logging to `log`.
 pub fn spawn_server(args: &[String], log: &Path) -> Child {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("opening the member log");

@@ -920,15 +920,7 @@ async fn process_rkctl_logs_tails_and_follows() {
         .stderr(Stdio::null())
         .spawn()
         .expect("rkctl logs -f");
-    let out = follow.stdout.take().expect("piped");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
-            if tx.send(l).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::harness::stdout_lines(&mut follow);
     let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a followed line within 10 s");
     let first = number(&next());
     assert!(first >= lines[1], "tail 1 starts at the newest line: {first} after {lines:?}");

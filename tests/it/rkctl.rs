@@ -854,15 +854,7 @@ async fn rkctl_get_watch_prints_a_row_per_change() {
     impl Watching {
         fn start(s: &str, args: &[&str]) -> Watching {
             let mut child = cmd(s).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("rkctl");
-            let out = child.stdout.take().expect("piped");
-            let (tx, lines) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
-                    if tx.send(l).is_err() {
-                        break;
-                    }
-                }
-            });
+            let lines = crate::harness::stdout_lines(&mut child);
             Watching { child, lines }
         }
         fn next(&self) -> String {
