@@ -33,6 +33,31 @@ pub enum ClientError {
     Local(String),
 }
 
+/// Runs `op` until it answers something other than "unavailable" ([`ClientError::is_unavailable`]:
+/// masters starting, electing a leader), pausing 200 ms doubling to 5 s in between and logging
+/// `waiting` each time, as a kubelet keeps registering. `None` if `stop` came first.
+pub async fn retry_while_unavailable<T, Fut>(
+    stop: &tokio_util::sync::CancellationToken,
+    waiting: &str,
+    mut op: impl FnMut() -> Fut,
+) -> Result<Option<T>, ClientError>
+where
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match op().await {
+            Err(e) if e.is_unavailable() => tracing::info!(error = %e, "{waiting}"),
+            done => return done.map(Some),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
 impl ClientError {
     pub fn code(&self) -> Code {
         match self {

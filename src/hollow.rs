@@ -87,9 +87,8 @@ async fn register(client: &Client, cfg: &HollowConfig, stop: &CancellationToken)
     for i in 0..cfg.count {
         let name = node_name(cfg, i);
         let want = node_object(cfg, &name);
-        let mut delay = Duration::from_millis(100);
-        loop {
-            let attempt = async {
+        let registered =
+            crate::client::retry_while_unavailable(stop, "masters unavailable; registering again", || async {
                 match nodes.create(&want).await {
                     Ok(_) => Ok(()),
                     Err(e) if e.is_already_exists() => {
@@ -99,19 +98,10 @@ async fn register(client: &Client, cfg: &HollowConfig, stop: &CancellationToken)
                     }
                     Err(e) => Err(e),
                 }
-            };
-            match attempt.await {
-                Ok(()) => break,
-                Err(e) if e.is_unavailable() => {
-                    tracing::info!(node = %name, error = %e, "masters unavailable; registering again")
-                }
-                Err(e) => return Err(e),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(delay) => {}
-            }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            })
+            .await?;
+        if registered.is_none() {
+            return Ok(false);
         }
     }
     Ok(true)

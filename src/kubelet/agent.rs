@@ -448,20 +448,14 @@ pub async fn run(client: Client, cfg: AgentConfig, stop: CancellationToken) -> R
     let node_ip = cfg.node_ip.unwrap_or_else(|| local_ip_towards(&client));
     // Register first (NotReady) so node IPAM can give the node a subnet.
     // Masters may still be starting (`rkube dev`, or a node booted first): keep trying.
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match register(&client, &cfg, node_status(&cfg, node_ip, "starting", false)).await {
-            Ok(_) => break,
-            Err(e) if e.is_unavailable() => {
-                tracing::info!(error = %e, "waiting for the masters to register the node");
-            }
-            Err(e) => return Err(e.into()),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    let status = node_status(&cfg, node_ip, "starting", false);
+    let registered =
+        crate::client::retry_while_unavailable(&stop, "waiting for the masters to register the node", || {
+            register(&client, &cfg, status.clone())
+        })
+        .await?;
+    if registered.is_none() {
+        return Ok(());
     }
     let runc_ok = match cfg.runtime {
         RuntimeKind::Process => false,
