@@ -19,6 +19,7 @@ mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::selector::Selector;
 use crate::api::v1::ListMeta;
@@ -117,6 +118,8 @@ pub struct ApiServer {
     store: Arc<Store>,
     cfg: ApiConfig,
     gate: Option<WriteGate>,
+    /// Cancelled when this member shuts down: watches end (Unavailable) so that clients move on.
+    stopping: CancellationToken,
     /// The store lease events are written under now, and when it was granted.
     event_lease: tokio::sync::Mutex<Option<(i64, std::time::Instant)>>,
 }
@@ -128,9 +131,9 @@ const LIST_BATCH: i64 = 500;
 const WRITE_RETRIES: usize = 16;
 
 impl ApiServer {
-    pub fn new(node: Arc<RaftNode>, cfg: ApiConfig, gate: Option<WriteGate>) -> Arc<Self> {
+    pub fn new(node: Arc<RaftNode>, cfg: ApiConfig, gate: Option<WriteGate>, stopping: CancellationToken) -> Arc<Self> {
         let store = node.store().clone();
-        Arc::new(ApiServer { node, store, cfg, gate, event_lease: Default::default() })
+        Arc::new(ApiServer { node, store, cfg, gate, stopping, event_lease: Default::default() })
     }
 
     pub fn config(&self) -> &ApiConfig {

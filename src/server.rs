@@ -381,13 +381,17 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
 
+    // Shutdown goes in steps (see the end of this function): the client API stops after the
+    // control plane has handed over its leases, Raft after the API, the peer port last.
+    let api_stop = CancellationToken::new();
+    let peer_stop = CancellationToken::new();
     let peer_server = tonic::transport::Server::builder()
         .add_service(
             RaftPeerServer::new(PeerService::new(node.clone()))
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
         )
-        .serve_with_incoming_shutdown(incoming(peer_listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(incoming(peer_listener), peer_stop.clone().cancelled_owned());
     let peer_task = tokio::spawn(peer_server);
 
     let api = Api::new(node.clone(), cluster_id, cfg.limits.clone());
@@ -400,9 +404,9 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
             })
         })
     };
-    let objects = ApiServer::new(node.clone(), cfg.objects.clone(), Some(gate));
+    let objects = ApiServer::new(node.clone(), cfg.objects.clone(), Some(gate), api_stop.clone());
     let api_task =
-        tokio::spawn(serve_api(api.clone(), objects.clone(), api_listener, cfg.progress_interval, shutdown.clone()));
+        tokio::spawn(serve_api(api.clone(), objects.clone(), api_listener, cfg.progress_interval, api_stop.clone()));
     tokio::spawn({
         let (objects, shutdown) = (objects.clone(), shutdown.clone());
         async move { objects.bootstrap(shutdown).await }
@@ -442,9 +446,18 @@ pub async fn run(cfg: ServerConfig, shutdown: CancellationToken) -> Result<(), S
     for t in control_tasks {
         let _ = tokio::time::timeout(grace, t).await;
     }
+    // The client API: no new connections, watch streams end with "server stopped" so that
+    // their clients resume on another member, calls in flight finish. Meanwhile the other
+    // members still reach this one's Raft through the peer port.
+    api_stop.cancel();
     let _ = tokio::time::timeout(grace, api_task).await;
-    let _ = tokio::time::timeout(grace, peer_task).await;
+    // Raft next, with the peer port still open: a leader's followers stop hearing from it and
+    // elect another one; forwarded calls still in flight get an answer ("stopped") instead of a
+    // broken connection. Closing the peer port first would leave a leader that replicates but
+    // takes no writes until it stops.
     node.shutdown().await;
+    peer_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), peer_task).await;
     // Make everything applied durable before the process exits.
     if let Err(e) = store.db().flush_wal(true) {
         tracing::warn!(error = %e, "final WAL sync");
@@ -493,7 +506,10 @@ async fn serve_api(
         .tcp_nodelay(true)
         .add_routes(crate::apiserver::router(objects, limit))
         .add_service(KvServer::new(etcd::KvService::new(api.clone())).max_decoding_message_size(limit))
-        .add_service(WatchServer::new(etcd::WatchService::new(api.clone(), progress)).max_decoding_message_size(limit))
+        .add_service(
+            WatchServer::new(etcd::WatchService::new(api.clone(), progress, shutdown.clone()))
+                .max_decoding_message_size(limit),
+        )
         .add_service(LeaseServer::new(etcd::LeaseService::new(api.clone())).max_decoding_message_size(limit))
         .add_service(ClusterServer::new(etcd::ClusterService::new(api.clone())).max_decoding_message_size(limit))
         .add_service(

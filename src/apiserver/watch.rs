@@ -98,6 +98,9 @@ impl ApiServer {
                     }
                 }
                 _ = tx.closed() => return Ok(()),
+                _ = self.stopping.cancelled() => {
+                    return Err(ApiError::Unavailable("the server is shutting down".into()));
+                }
                 _ = tokio::time::sleep(wait), if bookmarks => {}
             }
         }

@@ -14,6 +14,7 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Api;
@@ -32,11 +33,14 @@ const STREAM_QUEUE: usize = 128;
 pub struct WatchService {
     api: Arc<Api>,
     progress_interval: Duration,
+    stopping: CancellationToken,
 }
 
 impl WatchService {
-    pub fn new(api: Arc<Api>, progress_interval: Duration) -> Self {
-        WatchService { api, progress_interval }
+    /// `stopping` ends every stream with etcd's "server stopped" (Unavailable), so that clients
+    /// move their watches to another member at once instead of holding this one's shutdown up.
+    pub fn new(api: Arc<Api>, progress_interval: Duration, stopping: CancellationToken) -> Self {
+        WatchService { api, progress_interval, stopping }
     }
 }
 
@@ -51,11 +55,19 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(STREAM_QUEUE);
         let api = self.api.clone();
         let progress = self.progress_interval;
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
             let mut watchers: HashMap<i64, tokio::task::JoinHandle<()>> = HashMap::new();
             let mut next_id = 0i64;
-            while let Some(msg) = incoming.next().await {
-                let Ok(msg) = msg else { break };
+            loop {
+                let msg = tokio::select! {
+                    msg = incoming.next() => msg,
+                    _ = stopping.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                        break;
+                    }
+                };
+                let Some(Ok(msg)) = msg else { break };
                 match msg.request_union {
                     Some(RequestUnion::CreateRequest(create)) => {
                         watchers.retain(|_, h| !h.is_finished());
