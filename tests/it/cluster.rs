@@ -118,6 +118,52 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_it_rejoins() {
     c.wait_leader(Duration::from_secs(10)).await;
 }
 
+/// A leader stopped with SIGTERM (a rolling restart) tells its watchers that it stopped, as
+/// etcd does, so that they resume on another member, and the others take over the writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_leader_ends_its_watches_with_server_stopped_and_the_others_take_over() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let create = epb::WatchCreateRequest { key: b"s/".to_vec(), range_end: b"s0".to_vec(), ..Default::default() };
+    tx.send(epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) })
+        .await
+        .unwrap();
+    let mut stream =
+        c.watch(leader).await.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("watch").into_inner();
+    let created = stream.message().await.expect("watch created").expect("a response");
+    assert!(created.created);
+    c.kv(leader).await.put(put("s/before", "1")).await.expect("put before the stop");
+    let ev = stream.message().await.expect("an event").expect("a response");
+    assert_eq!(ev.events.len(), 1);
+
+    c.stop(leader);
+    // What is left on the stream ends with etcd's "server stopped", not a broken connection.
+    let end = loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the watch stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(end.code(), tonic::Code::Unavailable, "{end:?}");
+    assert_eq!(end.message(), "etcdserver: server stopped");
+    drop(tx);
+
+    let new_leader = c.wait_leader(Duration::from_secs(10)).await;
+    assert_ne!(new_leader, leader);
+    let rev = c.kv(new_leader).await.put(put("s/after", "2")).await.expect("put after the stop").into_inner();
+    let rev = rev.header.expect("header").revision;
+    // The stopped member comes back with everything, the write made while it was away included.
+    c.restart(leader);
+    eventually(Duration::from_secs(30), "the restarted member to catch up", || async {
+        (serializable_count(&c, leader, "s/").await? == 2).then_some(())
+    })
+    .await;
+    let got = c.kv(leader).await.range(get("s/after")).await.expect("read on the restarted member").into_inner();
+    assert_eq!(got.kvs[0].mod_revision, rev);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_down_during_20k_writes_catches_up_through_a_snapshot() {
     let mut c = Cluster::start_with(3, &["--snapshot-count", "2000"]).await;
