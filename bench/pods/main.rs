@@ -16,7 +16,12 @@
 //!   latency from starting the
 //!   command to its exit (`docker run -d` returns once the container started), and a
 //!   `docker inspect` afterwards checks that every container runs.
-//! - `report`: prints the JSON lines of the two as Markdown: figures side by side, the phases,
+//! - `runc`: the floor under any kubelet that drives runc: the same command in the same busybox
+//!   files, started by `runc run --detach` from one prepared bundle (new namespaces, the
+//!   network one empty; no image store, no pod network, no shim, no API), the same three ways,
+//!   then `runc delete --force`. Latency from starting `runc run` to its exit (it returns once
+//!   the container's process runs); `runc list` afterwards checks that every container runs.
+//! - `report`: prints the JSON lines of the three as Markdown: figures side by side, the phases,
 //!   memory, and the target (create → Running p99 ≤ 0.5 s, a tenth of Kubernetes' 5 s SLO).
 //! - `cleanup`: removes what a node left behind (sandboxes, their namespaces and veths, the
 //!   bridge and its iptables rules) after the node is stopped, as tests/it does.
@@ -70,6 +75,8 @@ enum Cmd {
     Rkube(RkubeOpts),
     /// The same containers through Docker (the anchor).
     Docker(DockerOpts),
+    /// The same command started by runc alone from a prepared bundle: the floor.
+    Runc(RuncOpts),
     /// Prints the JSON lines of `rkube` and `docker` as Markdown.
     Report { files: Vec<PathBuf> },
     /// Removes the sandboxes, network namespaces, veths, bridge and iptables rules a stopped
@@ -129,6 +136,21 @@ struct DockerOpts {
     /// Container names start with this; containers so named are removed before and after.
     #[arg(long, default_value = "rkube-bench-pods")]
     prefix: String,
+    #[command(flatten)]
+    shape: Shape,
+}
+
+#[derive(Args, Clone, Debug)]
+struct RuncOpts {
+    /// The runc executable.
+    #[arg(long, default_value = "runc")]
+    runc: PathBuf,
+    /// busybox-static: the rootfs is this one program (as `/bin/busybox` and `/bin/sh`).
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// A new directory for the bundle, runc's state and its log; removed afterwards.
+    #[arg(long)]
+    work_dir: PathBuf,
     #[command(flatten)]
     shape: Shape,
 }
@@ -643,19 +665,19 @@ async fn docker_sweep(o: &DockerOpts) -> anyhow::Result<usize> {
     Ok(ids.len())
 }
 
-/// Runs `args` for every name at once: (name, latency) of those that succeeded.
-async fn docker_each(
-    o: &DockerOpts,
-    names: &[String],
-    args: impl Fn(&str) -> Vec<String>,
-    errors: &Mutex<BTreeMap<String, usize>>,
-) -> Vec<(String, Duration)> {
+/// Runs `run(name)` for every name at once: (name, latency) of those that succeeded; failures
+/// are counted by message.
+async fn each<F, Fut>(names: &[String], run: F, errors: &Mutex<BTreeMap<String, usize>>) -> Vec<(String, Duration)>
+where
+    F: Fn(String) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let runs = names.iter().map(|name| {
-        let args = args(name);
+        let fut = run(name.clone());
         async move {
             let t = Instant::now();
-            match docker_cmd(&o.docker, &args).await {
-                Ok(_) => Some((name.clone(), t.elapsed())),
+            match fut.await {
+                Ok(()) => Some((name.clone(), t.elapsed())),
                 Err(e) => {
                     *errors.lock().entry(format!("{e:#}")).or_default() += 1;
                     None
@@ -664,6 +686,24 @@ async fn docker_each(
         }
     });
     futures::future::join_all(runs).await.into_iter().flatten().collect()
+}
+
+/// Runs `args(name)` through the docker client for every name at once.
+async fn docker_each(
+    o: &DockerOpts,
+    names: &[String],
+    args: impl Fn(&str) -> Vec<String>,
+    errors: &Mutex<BTreeMap<String, usize>>,
+) -> Vec<(String, Duration)> {
+    each(
+        names,
+        |name| {
+            let args = args(&name);
+            async move { docker_cmd(&o.docker, &args).await.map(drop) }
+        },
+        errors,
+    )
+    .await
 }
 
 async fn docker(o: &DockerOpts) -> anyhow::Result<()> {
@@ -772,7 +812,162 @@ async fn docker(o: &DockerOpts) -> anyhow::Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// runc alone
+
+/// runc with `--root` (its state) and `--log` in the work directory. Its output is discarded:
+/// a detached container inherits runc's stdio, so waiting for that output would wait for the
+/// container to end. What went wrong is in the log.
+async fn runc_cmd(o: &RuncOpts, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let log = o.work_dir.join("runc.log");
+    let out = tokio::process::Command::new(&o.runc)
+        .arg("--root")
+        .arg(o.work_dir.join("state"))
+        .arg("--log")
+        .arg(&log)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(if args.first() == Some(&"list") { std::process::Stdio::piped() } else { std::process::Stdio::null() })
+        .stderr(std::process::Stdio::null())
+        // Not `output()`: tokio's pipes stdout and stderr whatever was set.
+        .spawn()
+        .with_context(|| format!("running {}", o.runc.display()))?
+        .wait_with_output()
+        .await
+        .with_context(|| format!("waiting for {}", o.runc.display()))?;
+    ensure!(
+        out.status.success(),
+        "runc {}: {} (see {})",
+        args.first().copied().unwrap_or(""),
+        out.status,
+        log.display()
+    );
+    Ok(out)
+}
+
+/// The bundle every container starts from: busybox as `/bin/busybox` and `/bin/sh`, `/www`,
+/// a read-only root, the shared command, `runc spec`'s defaults otherwise (new pid, mount,
+/// ipc, uts and network namespaces).
+async fn runc_bundle(o: &RuncOpts) -> anyhow::Result<PathBuf> {
+    let bundle = o.work_dir.join("bundle");
+    let rootfs = bundle.join("rootfs");
+    for d in ["bin", "www", "proc", "dev", "sys", "tmp"] {
+        std::fs::create_dir_all(rootfs.join(d)).with_context(|| format!("creating {}", rootfs.join(d).display()))?;
+    }
+    std::fs::copy(&o.busybox, rootfs.join("bin/busybox"))
+        .with_context(|| format!("copying {}", o.busybox.display()))?;
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/sh")).context("linking /bin/sh")?;
+    let bundle_arg = bundle.to_string_lossy().into_owned();
+    runc_cmd(o, &["spec", "--bundle", &bundle_arg]).await?;
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path)?).context("runc spec's config.json")?;
+    spec["process"]["terminal"] = json!(false);
+    spec["process"]["args"] = json!(COMMAND);
+    spec["root"] = json!({ "path": "rootfs", "readonly": true });
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)?;
+    Ok(bundle)
+}
+
+/// Container ids in runc's state and whether each runs.
+async fn runc_list(o: &RuncOpts) -> anyhow::Result<Vec<(String, bool)>> {
+    let out = runc_cmd(o, &["list", "--format", "json"]).await?;
+    let list: Option<Vec<serde_json::Value>> = serde_json::from_slice(&out.stdout).context("runc list's JSON")?;
+    Ok(list
+        .unwrap_or_default()
+        .iter()
+        .map(|c| (c["id"].as_str().unwrap_or_default().to_string(), c["status"] == "running"))
+        .collect())
+}
+
+async fn runc_sweep(o: &RuncOpts) -> anyhow::Result<()> {
+    for (id, _) in runc_list(o).await? {
+        runc_cmd(o, &["delete", "--force", &id]).await?;
+    }
+    Ok(())
+}
+
+async fn runc_alone(o: &RuncOpts) -> anyhow::Result<()> {
+    let s = &o.shape;
+    ensure!(s.count >= 1 && s.batch >= 1, "--count and --batch must be at least 1");
+    ensure!(!o.work_dir.exists(), "--work-dir {} exists already; give a new one", o.work_dir.display());
+    std::fs::create_dir_all(&o.work_dir).with_context(|| format!("creating {}", o.work_dir.display()))?;
+    let result = runc_runs(o).await;
+    let swept = runc_sweep(o).await;
+    let _ = std::fs::remove_dir_all(&o.work_dir);
+    result.and(swept)
+}
+
+async fn runc_runs(o: &RuncOpts) -> anyhow::Result<()> {
+    let s = &o.shape;
+    let bundle = runc_bundle(o).await?.to_string_lossy().into_owned();
+    let start_one = |name: String| {
+        let bundle = bundle.clone();
+        async move { runc_cmd(o, &["run", "--detach", "--bundle", &bundle, &name]).await.map(drop) }
+    };
+    let delete_one = |name: String| async move { runc_cmd(o, &["delete", "--force", &name]).await.map(drop) };
+    // Warm-up: one container, so that nothing is done for the first time during the runs.
+    let errors = Mutex::new(BTreeMap::new());
+    each(&["warmup".to_string()], start_one, &errors).await;
+    each(&["warmup".to_string()], delete_one, &errors).await;
+    if let Some(e) = errors.into_inner().into_keys().next() {
+        bail!("the warm-up container: {e}");
+    }
+    for mode in &s.modes {
+        let name = mode_name(mode, s)?;
+        let groups: Vec<Vec<String>> =
+            groups(mode, s).into_iter().map(|g| g.into_iter().map(|i| format!("{mode}-{i:03}")).collect()).collect();
+        let errors = Mutex::new(BTreeMap::new());
+        let load_before = loadavg();
+        eprintln!("bench-pods: runc, {name}: starting {} containers (load average {load_before})", s.count);
+        let start = Instant::now();
+        let mut started = Vec::new();
+        for g in &groups {
+            started.extend(each(g, start_one, &errors).await);
+        }
+        let all_running_secs = start.elapsed().as_secs_f64();
+        let running = runc_list(o).await?.into_iter().filter(|(id, run)| *run && id.starts_with(mode.as_str())).count();
+        let notes = vec![format!("runc list after the last start: {running} of {} containers running", started.len())];
+        let names: Vec<String> = started.iter().map(|(n, _)| n.clone()).collect();
+        let del_start = Instant::now();
+        let mut removed = Vec::new();
+        for g in &groups {
+            let g: Vec<String> = g.iter().filter(|n| names.contains(n)).cloned().collect();
+            removed.extend(each(&g, delete_one, &errors).await);
+        }
+        let all_gone_secs = del_start.elapsed().as_secs_f64();
+        let result = RunResult {
+            system: "runc".into(),
+            mode: name,
+            count: s.count,
+            batch: groups.first().map_or(0, Vec::len),
+            running: started.len().min(running),
+            create_to_running: Dist::of(started.iter().map(|(_, d)| ms(*d)).collect()),
+            pods_per_sec: round(started.len() as f64 / all_running_secs.max(1e-9)),
+            all_running_secs: round(all_running_secs * 100.0) / 100.0,
+            delete_to_gone: Dist::of(removed.iter().map(|(_, d)| ms(*d)).collect()),
+            all_gone_secs: round(all_gone_secs * 100.0) / 100.0,
+            phases: BTreeMap::new(),
+            pss_kib: BTreeMap::new(),
+            errors: errors.into_inner(),
+            load_before,
+            load_after: loadavg(),
+            notes,
+        };
+        write_json(&s.json, &result)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
 // Report
+
+fn system_name(system: &str) -> String {
+    match system {
+        "docker" => "Docker (anchor)".into(),
+        "runc" => "runc alone (floor)".into(),
+        other => other.into(),
+    }
+}
 
 fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     let mut runs: Vec<RunResult> = Vec::new();
@@ -787,7 +982,7 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
     println!("| system | run | Running | create→Running p50 / p90 / p99 / max (ms) | all Running | pods/s | delete→gone p50 / p99 / max (ms) | all gone | load before → after |");
     println!("|---|---|--:|--:|--:|--:|--:|--:|---|");
     for r in &runs {
-        let system = if r.system == "docker" { "Docker (anchor)".to_string() } else { r.system.clone() };
+        let system = system_name(&r.system);
         println!(
             "| {system} | {} | {}/{} | {} / {} / {} / {} | {:.2} s | {:.0} | {} / {} / {} | {:.2} s | {} → {} |",
             r.mode,
@@ -840,13 +1035,14 @@ fn report(files: &[PathBuf]) -> anyhow::Result<()> {
             Some(d) => ("**not met** (not every pod ran)", d.p99),
             None => ("**not met** (no pod ran)", f64::NAN),
         };
-        let docker = runs
+        let anchors: String = runs
             .iter()
-            .find(|x| x.system == "docker" && x.mode == r.mode)
-            .and_then(|x| x.create_to_running.as_ref())
-            .map(|x| format!("; Docker's p99 {:.0} ms", x.p99))
-            .unwrap_or_default();
-        println!("- {}: p99 {p99:.0} ms: {verdict}{docker}", r.mode);
+            .filter(|x| x.system != "rkube" && x.mode == r.mode)
+            .filter_map(|x| {
+                Some(format!("; {} p99 {:.0} ms", system_name(&x.system), x.create_to_running.as_ref()?.p99))
+            })
+            .collect();
+        println!("- {}: p99 {p99:.0} ms: {verdict}{anchors}", r.mode);
     }
     Ok(())
 }
@@ -883,6 +1079,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Rkube(o) => runtime.block_on(rkube(&o)),
         Cmd::Docker(o) => runtime.block_on(docker(&o)),
+        Cmd::Runc(o) => runtime.block_on(runc_alone(&o)),
         Cmd::Report { files } => report(&files),
         Cmd::Cleanup(o) => runtime.block_on(cleanup(&o)),
     }

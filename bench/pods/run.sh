@@ -5,10 +5,12 @@
 # bench-pods waits for the node, runs a warm-up pod (which pulls the image), then BENCH_PODS
 # pods one at a time, in batches of BENCH_BATCH and all at once: create → Running and
 # delete → gone, seen
-# through a pod watch. Then the anchor from the same run: the same containers through the
-# Docker daemon of this machine (`docker load` of the same image, `docker run -d`,
-# `docker rm -f`). Prints the report: both side by side, where rkube's time goes, memory, and
-# the target (create → Running p99 ≤ 0.5 s).
+# through a pod watch. Then, from the same run, the floor: the same command started by runc
+# alone from one prepared busybox bundle (`runc run --detach`, `runc delete --force`: what any
+# runc-based kubelet pays at least), and the anchor: the same containers through the Docker
+# daemon of this machine (`docker load` of the same image, `docker run -d`, `docker rm -f`).
+# Prints the report: all side by side, where rkube's time goes, memory, and the target
+# (create → Running p99 ≤ 0.5 s).
 #
 # Needs root (runc, network namespaces, iptables) and scripts/deps.sh test (runc,
 # busybox-static, docker-registry, skopeo); Docker is optional (without it the report says so).
@@ -18,6 +20,7 @@
 #   BENCH_PODS          pods (containers) per run                  default 100
 #   BENCH_BATCH         pods created at once in the batched run    default 10
 #   BENCH_MODES         runs, in order: one (a pod at a time), batches, all   default one,batches,all
+#   BENCH_RUNC          0: no runc-alone floor                     default 1
 #   BENCH_DOCKER        0: no Docker anchor                        default 1
 #   BENCH_PORT_BASE     loopback ports base+1 (API), +11 (Raft), +21 (kubelet)   default 31400
 #   BENCH_BRIDGE        the node's bridge                          default rkbench0
@@ -33,6 +36,7 @@ cd "$repo"
 count=${BENCH_PODS:-100}
 batch=${BENCH_BATCH:-10}
 modes=${BENCH_MODES:-one,batches,all}
+use_runc=${BENCH_RUNC:-1}
 use_docker=${BENCH_DOCKER:-1}
 port_base=${BENCH_PORT_BASE:-31400}
 bridge=${BENCH_BRIDGE:-rkbench0}
@@ -96,6 +100,10 @@ cleanup() {
   stop "$server_pid"
   server_pid=""
   [ "$registry_started" = 1 ] && scripts/test-registry.sh stop "$work/registry"
+  # Containers of an interrupted runc-alone run.
+  if [ -d "$work/runc/state" ]; then
+    runc --root "$work/runc/state" list -q 2>/dev/null | xargs -r -n 1 runc --root "$work/runc/state" delete --force
+  fi
   if [ "$use_docker" = 1 ] && command -v docker >/dev/null 2>&1; then
     docker ps -aq --filter "name=^$docker_prefix-" 2>/dev/null | xargs -r docker rm -f >/dev/null 2>&1
     [ "$docker_loaded" = 1 ] && docker rmi "$docker_image" >/dev/null 2>&1
@@ -130,6 +138,15 @@ log "rkube: $count pods, runs $modes (batches of $batch) (load average $(cut -d'
 "$bin/bench-pods" rkube --endpoints "$endpoint" --node bench-node --count "$count" --batch "$batch" \
   --modes "$modes" --memory "server=$server_pid,node=$node_pid" --json "$out" </dev/null
 
+runc_note=""
+if [ "$use_runc" != 1 ]; then
+  runc_note="runc-alone floor not run (BENCH_RUNC=0)."
+else
+  log "runc alone (floor): the same $count containers (load average $(cut -d' ' -f1-3 /proc/loadavg))"
+  "$bin/bench-pods" runc --work-dir "$work/runc" --count "$count" --batch "$batch" --modes "$modes" \
+    --json "$out" </dev/null || runc_note="runc-alone floor failed; see the log above."
+fi
+
 docker_note=""
 if [ "$use_docker" != 1 ]; then
   docker_note="Docker anchor not run (BENCH_DOCKER=0)."
@@ -151,6 +168,7 @@ report=$results/pods-report.md
     "rkube server and node on the same machine); $(nproc) CPUs; $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo
   "$bin/bench-pods" report "$out"
+  [ -z "$runc_note" ] || { echo; echo "$runc_note"; }
   [ -z "$docker_note" ] || { echo; echo "$docker_note"; }
   echo
   echo "Load average at the end $(cut -d' ' -f1-3 /proc/loadavg); $((SECONDS - started)) s from the start of the registry."
