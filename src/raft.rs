@@ -217,6 +217,13 @@ fn answer(replies: Vec<Reply>, results: Result<Vec<Result<Response, ConsensusErr
     }
 }
 
+/// How long a proposed entry is still waited for once this member no longer leads. By then it
+/// is either committed by the next leader and applied here (answered), or cut from the log
+/// (answered "no leader" and retried); but openraft 0.9 never answers an entry that the next
+/// leader's snapshot replaced (the follower purges it with the rest of the log), so without a
+/// bound such a write would wait forever.
+const ORPHAN_WAIT: Duration = Duration::from_secs(5);
+
 /// Gathers the writes that arrive while earlier entries are in flight into one log entry.
 async fn run_proposer(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::Receiver<Proposal>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
@@ -225,10 +232,43 @@ async fn run_proposer(raft: Raft<TypeConfig>, mut rx: tokio::sync::mpsc::Receive
         let (cmds, replies) = gather(first, &mut rx);
         let raft = raft.clone();
         tokio::spawn(async move {
-            let result = raft.client_write(cmds).await;
+            let term = raft.metrics().borrow().current_term;
+            let write = raft.client_write(cmds);
+            tokio::pin!(write);
+            let done = tokio::select! {
+                r = &mut write => Some(r),
+                () = stopped_leading(&raft, term) => None,
+            };
+            // The slot goes back as soon as this member stops leading, whatever becomes of
+            // this entry: a slot held by an entry that is never answered would stop every
+            // write here for good, and this member may lead again.
             drop(slot);
-            answer(replies, result.map(|r| r.data.into_iter().map(Ok).collect()).map_err(map_write_err));
+            let result = match done {
+                Some(r) => r.map_err(map_write_err),
+                None => match tokio::time::timeout(ORPHAN_WAIT, write).await {
+                    Ok(r) => r.map_err(map_write_err),
+                    // May or may not be applied: the client is told it timed out, as etcd does.
+                    Err(_) => Err(ConsensusError::Timeout),
+                },
+            };
+            answer(replies, result.map(|r| r.data.into_iter().map(Ok).collect()));
         });
+    }
+}
+
+/// Returns once this member is no longer the leader of `term` (at once if it is not).
+async fn stopped_leading(raft: &Raft<TypeConfig>, term: u64) {
+    let mut metrics = raft.metrics();
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_term != term || m.state != ServerState::Leader {
+                return;
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 

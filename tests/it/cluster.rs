@@ -164,6 +164,95 @@ async fn a_stopped_leader_ends_its_watches_with_server_stopped_and_the_others_ta
     assert_eq!(got.kvs[0].mod_revision, rev);
 }
 
+/// The leader named by members `of`, once they all name the same one that is not `not`.
+async fn leader_among(c: &Cluster, of: &[usize], not: u64) -> usize {
+    eventually(Duration::from_secs(20), "a leader among the others", || async {
+        let mut named = Vec::new();
+        for &i in of {
+            named.push(c.status(i).await?.leader);
+        }
+        let l = named[0];
+        (l != 0 && l != not && named.iter().all(|x| *x == l)).then(|| c.members.iter().position(|m| m.id == l))?
+    })
+    .await
+}
+
+/// A leader cut off with writes of its own in flight, whose entries the next leader's snapshot
+/// then replaces: those writes are still answered, and the member takes writes again when it
+/// leads again. (openraft 0.9 never answers such entries; they used to hold the member's
+/// proposal slots for good, so that as leader again it took no write at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deposed_leader_whose_entries_a_snapshot_replaced_answers_them_and_leads_again() {
+    let mut c = Cluster::start_with(3, &["--snapshot-count", "100"]).await;
+    let old = c.wait_leader(Duration::from_secs(10)).await;
+    let old_id = c.members[old].id;
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let index_of = |s: Option<epb::StatusResponse>| s.map_or(0, |s| s.raft_index);
+    let before = index_of(c.status(old).await);
+
+    // With its followers gone the leader appends writes it cannot commit. (Paused followers
+    // would not do: the entries would wait in their sockets, and the next leader commit them.)
+    for &i in &others {
+        c.kill(i);
+    }
+    let ep = c.members[old].api();
+    let mut stuck = Vec::new();
+    for n in 0..3 {
+        let ep = ep.clone();
+        stuck.push(tokio::spawn(async move {
+            let mut kv = rkube::pb::etcdserverpb::kv_client::KvClient::new(channel(&ep).await);
+            kv.put(put(&format!("stuck/{n}"), "x")).await
+        }));
+    }
+    eventually(Duration::from_secs(10), "the cut-off leader to append the writes", || async {
+        (index_of(c.status(old).await) > before).then_some(())
+    })
+    .await;
+
+    // The others elect a leader of their own and move far ahead: the old leader can only
+    // catch up through a snapshot, which purges its uncommitted entries.
+    c.signal(old, "-STOP");
+    for &i in &others {
+        c.restart(i);
+    }
+    let new = leader_among(&c, &others, old_id).await;
+    let mut kv = c.kv(new).await;
+    for n in 0..1500 {
+        kv.put(put(&format!("ahead/{n:04}"), "y")).await.expect("put to the new leader");
+    }
+    c.signal(old, "-CONT");
+    eventually(Duration::from_secs(30), "the old leader to install a snapshot", || async {
+        (serializable_count(&c, old, "ahead/").await? == 1500).then_some(())
+    })
+    .await;
+    assert!(c.members[old].log_text().contains("installed snapshot"), "{}", c.members[old].log_text());
+    for t in stuck {
+        let r =
+            tokio::time::timeout(Duration::from_secs(30), t).await.expect("a write on the deposed leader is answered");
+        match r.expect("writer task") {
+            Ok(_) => {}
+            Err(s) => assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}"),
+        }
+    }
+
+    // Make it the leader again: pause whoever leads until it does.
+    for _ in 0..10 {
+        let l = leader_among(&c, &[0, 1, 2], 0).await;
+        if l == old {
+            break;
+        }
+        c.signal(l, "-STOP");
+        leader_among(&c, &(0..3).filter(|i| *i != l).collect::<Vec<_>>(), c.members[l].id).await;
+        c.signal(l, "-CONT");
+    }
+    assert_eq!(leader_among(&c, &[0, 1, 2], 0).await, old, "the old leader did not win an election in 10 tries");
+    let mut kv = c.kv(old).await;
+    tokio::time::timeout(Duration::from_secs(10), kv.put(put("again", "z")))
+        .await
+        .expect("the member leads again and takes writes")
+        .expect("put through the old leader, leading again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_down_during_20k_writes_catches_up_through_a_snapshot() {
     let mut c = Cluster::start_with(3, &["--snapshot-count", "2000"]).await;

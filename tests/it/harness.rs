@@ -92,7 +92,21 @@ impl Cluster {
     }
 
     /// Like [`Cluster::start`], passing `extra` flags to every member.
+    ///
+    /// Ports come from `free_port`, which lets the kernel pick one and frees it again: another
+    /// process of the suite may take it before the member binds it. A member that exits at
+    /// start-up because its port is taken is started again, with all the others, on new ports.
     pub async fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        for _ in 0..5 {
+            if let Some(c) = Self::try_start(n, extra).await {
+                return c;
+            }
+        }
+        panic!("could not start {n} members on free ports in 5 attempts");
+    }
+
+    /// One attempt of [`Cluster::start_with`]: None if a member lost its port to another process.
+    async fn try_start(n: usize, extra: &[&str]) -> Option<Cluster> {
         let dir = tempfile::tempdir().expect("creating a temporary directory");
         let mut members: Vec<Member> = (1..=n as u64)
             .map(|id| Member {
@@ -134,9 +148,41 @@ impl Cluster {
         for i in 0..n {
             c.restart(i);
         }
+        if c.lost_a_port().await {
+            for i in 0..n {
+                c.kill(i);
+            }
+            return None;
+        }
         c.wait_leader(Duration::from_secs(20)).await;
         c.wait_bootstrapped(Duration::from_secs(10)).await;
-        c
+        Some(c)
+    }
+
+    /// Waits until every member has bound its ports; true if one exited because a port of its
+    /// was taken.
+    async fn lost_a_port(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for i in 0..self.members.len() {
+            loop {
+                if !self.members[i].is_running() {
+                    let log = self.members[i].log_text();
+                    assert!(
+                        log.contains("cannot listen on"),
+                        "member {} exited at start-up:\n{log}",
+                        self.members[i].id
+                    );
+                    return true;
+                }
+                // Logged once both ports are bound.
+                if self.members[i].log_text().contains("rkube server started") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "member {} does not listen after 20 s", self.members[i].id);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        false
     }
 
     /// Waits until every member has applied the API server's start-up writes (the system
@@ -168,6 +214,13 @@ impl Cluster {
         if let Some(mut c) = self.members[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to member `i`.
+    pub fn signal(&self, i: usize, signal: &str) {
+        if let Some(c) = &self.members[i].child {
+            let _ = Command::new("kill").arg(signal).arg(c.id().to_string()).status();
         }
     }
 
