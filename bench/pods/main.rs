@@ -688,22 +688,78 @@ where
     futures::future::join_all(runs).await.into_iter().flatten().collect()
 }
 
-/// Runs `args(name)` through the docker client for every name at once.
-async fn docker_each(
-    o: &DockerOpts,
-    names: &[String],
-    args: impl Fn(&str) -> Vec<String>,
-    errors: &Mutex<BTreeMap<String, usize>>,
-) -> Vec<(String, Duration)> {
-    each(
-        names,
-        |name| {
-            let args = args(&name);
-            async move { docker_cmd(&o.docker, &args).await.map(drop) }
-        },
-        errors,
-    )
-    .await
+/// What an anchor says once the containers of a run were started.
+struct Started {
+    /// Containers seen running.
+    running: usize,
+    notes: Vec<String>,
+    /// Memory (Pss) of the anchor's processes, KiB.
+    pss_kib: BTreeMap<String, u64>,
+}
+
+/// The runs of an anchor (Docker, runc alone), one JSON line each: for every mode, starts the
+/// containers group by group (a group at once) with `start`, lets `check` say what runs, then
+/// removes them the same way with `remove`. Latencies are those of `start` and `remove`.
+async fn anchor_runs<S, SF, R, RF, C, CF>(
+    s: &Shape,
+    system: &str,
+    name_of: impl Fn(&str, usize) -> String,
+    start: S,
+    remove: R,
+    check: C,
+) -> anyhow::Result<()>
+where
+    S: Fn(String) -> SF + Copy,
+    SF: std::future::Future<Output = anyhow::Result<()>>,
+    R: Fn(String) -> RF + Copy,
+    RF: std::future::Future<Output = anyhow::Result<()>>,
+    C: Fn(String, Vec<String>) -> CF,
+    CF: std::future::Future<Output = anyhow::Result<Started>>,
+{
+    for mode in &s.modes {
+        let name = mode_name(mode, s)?;
+        let groups: Vec<Vec<String>> =
+            groups(mode, s).into_iter().map(|g| g.into_iter().map(|i| name_of(mode, i)).collect()).collect();
+        let errors = Mutex::new(BTreeMap::new());
+        let load_before = loadavg();
+        eprintln!("bench-pods: {system}, {name}: starting {} containers (load average {load_before})", s.count);
+        let start_at = Instant::now();
+        let mut started = Vec::new();
+        for g in &groups {
+            started.extend(each(g, start, &errors).await);
+        }
+        let all_running_secs = start_at.elapsed().as_secs_f64();
+        let names: Vec<String> = started.iter().map(|(n, _)| n.clone()).collect();
+        let seen = check(mode.clone(), names.clone()).await?;
+        eprintln!("bench-pods: {system}, {name}: all started; removing");
+        let del_start = Instant::now();
+        let mut removed = Vec::new();
+        for g in &groups {
+            let g: Vec<String> = g.iter().filter(|n| names.contains(n)).cloned().collect();
+            removed.extend(each(&g, remove, &errors).await);
+        }
+        let all_gone_secs = del_start.elapsed().as_secs_f64();
+        let result = RunResult {
+            system: system.into(),
+            mode: name,
+            count: s.count,
+            batch: groups.first().map_or(0, Vec::len),
+            running: seen.running,
+            create_to_running: Dist::of(started.iter().map(|(_, d)| ms(*d)).collect()),
+            pods_per_sec: round(started.len() as f64 / all_running_secs.max(1e-9)),
+            all_running_secs: round(all_running_secs * 100.0) / 100.0,
+            delete_to_gone: Dist::of(removed.iter().map(|(_, d)| ms(*d)).collect()),
+            all_gone_secs: round(all_gone_secs * 100.0) / 100.0,
+            phases: BTreeMap::new(),
+            pss_kib: seen.pss_kib,
+            errors: errors.into_inner(),
+            load_before,
+            load_after: loadavg(),
+            notes: seen.notes,
+        };
+        write_json(&s.json, &result)?;
+    }
+    Ok(())
 }
 
 async fn docker(o: &DockerOpts) -> anyhow::Result<()> {
@@ -736,77 +792,45 @@ async fn docker(o: &DockerOpts) -> anyhow::Result<()> {
     docker_cmd(&o.docker, &run_args(&warm)).await.context("the warm-up container")?;
     docker_cmd(&o.docker, &["rm".into(), "-f".into(), warm]).await?;
     let engine = format!("Docker {} ({})", version.trim(), info.trim());
-    for mode in &s.modes {
-        let name = mode_name(mode, s)?;
-        let groups: Vec<Vec<String>> = groups(mode, s)
-            .into_iter()
-            .map(|g| g.into_iter().map(|i| format!("{}-{mode}-{i:03}", o.prefix)).collect())
-            .collect();
-        let errors = Mutex::new(BTreeMap::new());
-        let load_before = loadavg();
-        eprintln!("bench-pods: docker, {name}: starting {} containers (load average {load_before})", s.count);
-        let start = Instant::now();
-        let mut started = Vec::new();
-        for g in &groups {
-            started.extend(docker_each(o, g, &run_args, &errors).await);
-        }
-        let all_running_secs = start.elapsed().as_secs_f64();
-        // Every container that `docker run -d` reported must be running now.
-        let mut notes = vec![engine.clone()];
-        if !started.is_empty() {
-            let mut args = vec!["inspect".to_string(), "--format".into(), "{{.State.Running}}".into()];
-            args.extend(started.iter().map(|(n, _)| n.clone()));
-            let states = docker_cmd(&o.docker, &args).await?;
-            let not_running = states.lines().filter(|l| l.trim() != "true").count();
-            notes.push(format!(
-                "docker inspect after the last start: {} of {} containers running",
-                started.len() - not_running,
-                started.len()
-            ));
-        }
-        let mut rss = BTreeMap::new();
-        for daemon in ["dockerd", "containerd"] {
-            let (n, kib) = pss_of(|exe, _| exe.as_ref().and_then(|e| e.file_name()).is_some_and(|f| f == daemon));
-            if n > 0 {
-                rss.insert(daemon.to_string(), kib);
+    let start = move |name: String| {
+        let args = run_args(&name);
+        async move { docker_cmd(&o.docker, &args).await.map(drop) }
+    };
+    let remove = |name: String| async move { docker_cmd(&o.docker, &["rm".into(), "-f".into(), name]).await.map(drop) };
+    let check = |_mode: String, started: Vec<String>| {
+        let engine = engine.clone();
+        async move {
+            // Every container that `docker run -d` reported must be running now.
+            let mut notes = vec![engine];
+            if !started.is_empty() {
+                let mut args = vec!["inspect".to_string(), "--format".into(), "{{.State.Running}}".into()];
+                args.extend(started.iter().cloned());
+                let states = docker_cmd(&o.docker, &args).await?;
+                let not_running = states.lines().filter(|l| l.trim() != "true").count();
+                notes.push(format!(
+                    "docker inspect after the last start: {} of {} containers running",
+                    started.len() - not_running,
+                    started.len()
+                ));
             }
+            let mut pss_kib = BTreeMap::new();
+            for daemon in ["dockerd", "containerd"] {
+                let (n, kib) = pss_of(|exe, _| exe.as_ref().and_then(|e| e.file_name()).is_some_and(|f| f == daemon));
+                if n > 0 {
+                    pss_kib.insert(daemon.to_string(), kib);
+                }
+            }
+            let (n, kib) = pss_of(|exe, _| {
+                exe.as_ref()
+                    .and_then(|e| e.file_name())
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with("containerd-shim"))
+            });
+            pss_kib.insert(format!("{n} containerd shims"), kib);
+            Ok(Started { running: started.len(), notes, pss_kib })
         }
-        let (n, kib) = pss_of(|exe, _| {
-            exe.as_ref()
-                .and_then(|e| e.file_name())
-                .and_then(|f| f.to_str())
-                .is_some_and(|f| f.starts_with("containerd-shim"))
-        });
-        rss.insert(format!("{n} containerd shims"), kib);
-        eprintln!("bench-pods: docker, {name}: all started; removing");
-        let names: Vec<String> = started.iter().map(|(n, _)| n.clone()).collect();
-        let del_start = Instant::now();
-        let mut removed = Vec::new();
-        for g in &groups {
-            let g: Vec<String> = g.iter().filter(|n| names.contains(n)).cloned().collect();
-            removed.extend(docker_each(o, &g, |n| vec!["rm".into(), "-f".into(), n.into()], &errors).await);
-        }
-        let all_gone_secs = del_start.elapsed().as_secs_f64();
-        let result = RunResult {
-            system: "docker".into(),
-            mode: name,
-            count: s.count,
-            batch: groups.first().map_or(0, Vec::len),
-            running: started.len(),
-            create_to_running: Dist::of(started.iter().map(|(_, d)| ms(*d)).collect()),
-            pods_per_sec: round(started.len() as f64 / all_running_secs.max(1e-9)),
-            all_running_secs: round(all_running_secs * 100.0) / 100.0,
-            delete_to_gone: Dist::of(removed.iter().map(|(_, d)| ms(*d)).collect()),
-            all_gone_secs: round(all_gone_secs * 100.0) / 100.0,
-            phases: BTreeMap::new(),
-            pss_kib: rss,
-            errors: errors.into_inner(),
-            load_before,
-            load_after: loadavg(),
-            notes,
-        };
-        write_json(&s.json, &result)?;
-    }
+    };
+    anchor_runs(s, "docker", |mode, i| format!("{}-{mode}-{i:03}", o.prefix), start, remove, check).await?;
     docker_sweep(o).await?;
     Ok(())
 }
@@ -898,64 +922,24 @@ async fn runc_alone(o: &RuncOpts) -> anyhow::Result<()> {
 }
 
 async fn runc_runs(o: &RuncOpts) -> anyhow::Result<()> {
-    let s = &o.shape;
     let bundle = runc_bundle(o).await?.to_string_lossy().into_owned();
-    let start_one = |name: String| {
+    let start = |name: String| {
         let bundle = bundle.clone();
         async move { runc_cmd(o, &["run", "--detach", "--bundle", &bundle, &name]).await.map(drop) }
     };
-    let delete_one = |name: String| async move { runc_cmd(o, &["delete", "--force", &name]).await.map(drop) };
+    let remove = |name: String| async move { runc_cmd(o, &["delete", "--force", &name]).await.map(drop) };
     // Warm-up: one container, so that nothing is done for the first time during the runs.
-    let errors = Mutex::new(BTreeMap::new());
-    each(&["warmup".to_string()], start_one, &errors).await;
-    each(&["warmup".to_string()], delete_one, &errors).await;
-    if let Some(e) = errors.into_inner().into_keys().next() {
-        bail!("the warm-up container: {e}");
-    }
-    for mode in &s.modes {
-        let name = mode_name(mode, s)?;
-        let groups: Vec<Vec<String>> =
-            groups(mode, s).into_iter().map(|g| g.into_iter().map(|i| format!("{mode}-{i:03}")).collect()).collect();
-        let errors = Mutex::new(BTreeMap::new());
-        let load_before = loadavg();
-        eprintln!("bench-pods: runc, {name}: starting {} containers (load average {load_before})", s.count);
-        let start = Instant::now();
-        let mut started = Vec::new();
-        for g in &groups {
-            started.extend(each(g, start_one, &errors).await);
-        }
-        let all_running_secs = start.elapsed().as_secs_f64();
+    start("warmup".into()).await.context("the warm-up container")?;
+    remove("warmup".into()).await.context("removing the warm-up container")?;
+    let check = |mode: String, started: Vec<String>| async move {
         let running = runc_list(o).await?.into_iter().filter(|(id, run)| *run && id.starts_with(mode.as_str())).count();
-        let notes = vec![format!("runc list after the last start: {running} of {} containers running", started.len())];
-        let names: Vec<String> = started.iter().map(|(n, _)| n.clone()).collect();
-        let del_start = Instant::now();
-        let mut removed = Vec::new();
-        for g in &groups {
-            let g: Vec<String> = g.iter().filter(|n| names.contains(n)).cloned().collect();
-            removed.extend(each(&g, delete_one, &errors).await);
-        }
-        let all_gone_secs = del_start.elapsed().as_secs_f64();
-        let result = RunResult {
-            system: "runc".into(),
-            mode: name,
-            count: s.count,
-            batch: groups.first().map_or(0, Vec::len),
+        Ok(Started {
             running: started.len().min(running),
-            create_to_running: Dist::of(started.iter().map(|(_, d)| ms(*d)).collect()),
-            pods_per_sec: round(started.len() as f64 / all_running_secs.max(1e-9)),
-            all_running_secs: round(all_running_secs * 100.0) / 100.0,
-            delete_to_gone: Dist::of(removed.iter().map(|(_, d)| ms(*d)).collect()),
-            all_gone_secs: round(all_gone_secs * 100.0) / 100.0,
-            phases: BTreeMap::new(),
+            notes: vec![format!("runc list after the last start: {running} of {} containers running", started.len())],
             pss_kib: BTreeMap::new(),
-            errors: errors.into_inner(),
-            load_before,
-            load_after: loadavg(),
-            notes,
-        };
-        write_json(&s.json, &result)?;
-    }
-    Ok(())
+        })
+    };
+    anchor_runs(&o.shape, "runc", |mode, i| format!("{mode}-{i:03}"), start, remove, check).await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -124,13 +124,8 @@ async fn killing_the_leader_loses_no_acknowledged_write_and_it_rejoins() {
 async fn a_stopped_leader_ends_its_watches_with_server_stopped_and_the_others_take_over() {
     let mut c = Cluster::start(3).await;
     let leader = c.wait_leader(Duration::from_secs(10)).await;
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let create = epb::WatchCreateRequest { key: b"s/".to_vec(), range_end: b"s0".to_vec(), ..Default::default() };
-    tx.send(epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) })
-        .await
-        .unwrap();
-    let mut stream =
-        c.watch(leader).await.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("watch").into_inner();
+    let (tx, mut stream) = c.open_watch(leader, create).await;
     let created = stream.message().await.expect("watch created").expect("a response");
     assert!(created.created);
     c.kv(leader).await.put(put("s/before", "1")).await.expect("put before the stop");

@@ -11,7 +11,7 @@ use rkube::api::v1::*;
 use rkube::api::Object;
 use rkube::client::{Api, Client, DeleteParams, ListParams, WatchEvent};
 
-use crate::harness::{eventually, Cluster, RKUBE};
+use crate::harness::{eventually, send_signal, Cluster, RKUBE};
 
 /// A `rkube hollow-nodes` process, killed when dropped.
 struct Hollow(Child);
@@ -407,8 +407,7 @@ impl Component {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().expect("kill").success();
-        assert!(ok, "kill {sig}");
+        assert!(send_signal(self.child.id(), sig), "kill {sig}");
     }
 }
 

@@ -19,6 +19,11 @@ pub const RKUBE: &str = env!("CARGO_BIN_EXE_rkube");
 pub const RKCTL: &str = env!("CARGO_BIN_EXE_rkctl");
 
 /// A port that was free a moment ago.
+/// `kill SIGNAL PID`; whether it was delivered.
+pub fn send_signal(pid: u32, signal: &str) -> bool {
+    Command::new("kill").arg(signal).arg(pid.to_string()).status().is_ok_and(|s| s.success())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port").local_addr().unwrap().port()
 }
@@ -217,17 +222,16 @@ impl Cluster {
         }
     }
 
-    /// Sends `signal` (`-STOP`, `-CONT`, ...) to member `i`.
+    /// Sends `signal` (`-STOP`, `-CONT`, ...) to member `i`, which must be running.
     pub fn signal(&self, i: usize, signal: &str) {
-        if let Some(c) = &self.members[i].child {
-            let _ = Command::new("kill").arg(signal).arg(c.id().to_string()).status();
-        }
+        let c = self.members[i].child.as_ref().expect("the member runs");
+        assert!(send_signal(c.id(), signal), "kill {signal} member {}", self.members[i].id);
     }
 
     /// Stops member `i` with SIGTERM and waits for it to exit.
     pub fn stop(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            send_signal(c.id(), "-TERM");
             let _ = c.wait();
         }
     }
@@ -246,6 +250,27 @@ impl Cluster {
 
     pub async fn watch(&self, i: usize) -> WatchClient<Channel> {
         WatchClient::new(self.channel(i).await)
+    }
+
+    /// Opens a watch stream on member `i` with one create request; the sender stays open for
+    /// more requests (dropping it ends the stream).
+    pub async fn open_watch(
+        &self,
+        i: usize,
+        create: epb::WatchCreateRequest,
+    ) -> (tokio::sync::mpsc::Sender<epb::WatchRequest>, tonic::Streaming<epb::WatchResponse>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) })
+            .await
+            .unwrap();
+        let stream = self
+            .watch(i)
+            .await
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("watch")
+            .into_inner();
+        (tx, stream)
     }
 
     pub async fn lease(&self, i: usize) -> LeaseClient<Channel> {

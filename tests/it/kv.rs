@@ -14,20 +14,6 @@ use crate::harness::*;
 /// (type, key, value, mod_revision) of each event.
 type Ev = (i32, String, String, i64);
 
-async fn open_watch(
-    c: &Cluster,
-    i: usize,
-    create: epb::WatchCreateRequest,
-) -> (tokio::sync::mpsc::Sender<epb::WatchRequest>, tonic::Streaming<epb::WatchResponse>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(epb::WatchRequest { request_union: Some(epb::watch_request::RequestUnion::CreateRequest(create)) })
-        .await
-        .unwrap();
-    let stream =
-        c.watch(i).await.watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("watch").into_inner();
-    (tx, stream)
-}
-
 /// Collects events until one at `until` (a revision) has arrived.
 async fn collect_until(stream: &mut tonic::Streaming<epb::WatchResponse>, until: i64) -> Vec<Ev> {
     let mut out = Vec::new();
@@ -87,7 +73,7 @@ async fn watch_from_an_old_revision_replays_exactly_the_events_in_order_on_every
             start_revision: start,
             ..epb::WatchCreateRequest { key: "w/".into(), range_end: "w0".into(), ..Default::default() }
         };
-        let (_tx, mut stream) = open_watch(&c, member, create).await;
+        let (_tx, mut stream) = c.open_watch(member, create).await;
         let created = stream.next().await.unwrap().unwrap();
         assert!(created.created);
         let got = collect_until(&mut stream, last).await;
@@ -115,7 +101,7 @@ async fn watch_with_prev_kv_and_filters_reports_what_etcd_reports() {
         filters: vec![epb::watch_create_request::FilterType::Noput as i32],
         ..Default::default()
     };
-    let (_tx, mut stream) = open_watch(&c, 0, create).await;
+    let (_tx, mut stream) = c.open_watch(0, create).await;
     assert!(stream.next().await.unwrap().unwrap().created);
     kv.put(put("f/x", "new")).await.unwrap();
     let d = kv
@@ -144,7 +130,7 @@ async fn a_watch_from_a_compacted_revision_is_told_so_and_reads_there_fail() {
     kv.compact(epb::CompactionRequest { revision: third, physical: true }).await.expect("compact");
 
     let create = epb::WatchCreateRequest { key: "c/k".into(), start_revision: first, ..Default::default() };
-    let (_tx, mut stream) = open_watch(&c, 2, create).await;
+    let (_tx, mut stream) = c.open_watch(2, create).await;
     let mut canceled = None;
     while let Some(Ok(msg)) = stream.next().await {
         if msg.canceled {
