@@ -747,6 +747,51 @@ mod tests {
         }
     }
 
+    /// A lease granted at the end of one entry is there for a put in the next one applied in
+    /// the same call (the entries' commands share one RocksDB batch, apart from such grants),
+    /// and every write of the call is visible and counted once.
+    #[tokio::test]
+    async fn entries_applied_together_see_each_others_writes() {
+        use openraft::storage::RaftStateMachine;
+        use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+        use crate::pb::etcdserverpb::PutRequest;
+        use crate::store::{Command, Response};
+
+        let (_dir, _log, mut sm) = RocksBuilder.build().await.expect("stores");
+        let put = |k: &str, lease: i64| {
+            Command::Put(PutRequest { key: k.into(), value: b"v".to_vec(), lease, ..Default::default() })
+        };
+        let entry = |index: u64, cmds: Vec<Command>| Entry::<super::TypeConfig> {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(cmds),
+        };
+        let entries = vec![
+            entry(1, vec![put("a", 0), Command::LeaseGrant { id: 7, ttl: 60 }]),
+            entry(2, vec![put("b", 7), put("a", 0)]),
+        ];
+        let out = sm.apply(entries).await.expect("apply");
+        let revisions: Vec<Vec<i64>> = out
+            .iter()
+            .map(|rs| {
+                rs.iter()
+                    .map(|r| match r {
+                        Response::Put(p) => p.header.as_ref().map_or(-1, |h| h.revision),
+                        Response::LeaseGrant { .. } => 0,
+                        other => panic!("unexpected {other:?}"),
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            revisions,
+            vec![vec![2, 0], vec![3, 4]],
+            "each put its own revision, the put with the lease accepted"
+        );
+        let (applied, _) = sm.applied_state().await.expect("applied state");
+        assert_eq!(applied.map(|l| l.index), Some(2));
+    }
+
     /// openraft's own storage conformance suite, run against the real RocksDB log and state
     /// machine.
     #[test]

@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod db;
+mod index;
 mod keys;
 pub mod mvcc;
 pub mod snapshot;

@@ -75,6 +75,18 @@ impl StateMachine {
     }
 }
 
+impl StateMachine {
+    /// Commits what is staged, up to command `done` of the entry at `index`.
+    fn commit_partial(&mut self, index: u64, done: usize) -> Result<(), crate::store::ApplyError> {
+        let marker =
+            bincode::serialize(&(index, done)).map_err(|e| crate::store::ApplyError::Storage(e.to_string()))?;
+        self.applier.stage_meta(PARTIAL, marker);
+        self.applier.commit()?;
+        self.partial = Some((index, done));
+        Ok(())
+    }
+}
+
 type Applied = (Option<LogId<u64>>, StoredMembership<u64, Member>);
 
 fn read_applied(db: &DB, ro: &rocksdb::ReadOptions) -> StorageResult<Applied> {
@@ -178,20 +190,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // The leader acknowledged its own entries before syncing them; apply them, which answers
         // the client and shows them to reads, only once they are on this disk too.
         self.durability.wait_synced().await.map_err(sm_err)?;
+        // Every command of every entry given is staged and written in one RocksDB batch, with
+        // the applied log id of the last entry. A command that must be applied alone (a lease
+        // grant, a compaction, ...) is committed on its own, with what came before it
+        // committed first; a commit inside an entry writes a marker of how far into the entry
+        // it got, so that after a crash the entry is applied again from there and nothing
+        // twice.
         let mut out = Vec::new();
         for entry in entries {
             let applied = bincode::serialize(&Some(entry.log_id)).map_err(sm_err)?;
             let fail = |e: crate::store::ApplyError| StorageIOError::apply(entry.log_id, &e);
             match &entry.payload {
-                EntryPayload::Blank => {
-                    self.applier.apply(None, &[(APPLIED, applied)]).map_err(fail)?;
-                    out.push(Vec::new());
-                }
+                EntryPayload::Blank => out.push(Vec::new()),
                 EntryPayload::Normal(cmds) => {
-                    // Each command is its own write, with a marker of how far into the entry it
-                    // got; only the last also moves the applied log id. After a crash in the
-                    // middle of an entry, the entry is applied again and the marker skips what
-                    // was already written.
                     let index = entry.log_id.index;
                     let done = match self.partial {
                         Some((i, n)) if i == index => n,
@@ -199,28 +210,31 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     };
                     let mut responses = Vec::with_capacity(cmds.len());
                     for (i, cmd) in cmds.iter().enumerate().skip(done) {
-                        let marker = bincode::serialize(&(index, i + 1)).map_err(sm_err)?;
-                        let resp = if i + 1 == cmds.len() {
-                            self.applier.apply(Some(cmd), &[(PARTIAL, marker), (APPLIED, applied.clone())])
-                        } else {
-                            self.applier.apply(Some(cmd), &[(PARTIAL, marker)])
-                        };
-                        responses.push(resp.map_err(fail)?);
-                        self.partial = Some((index, i + 1));
+                        let alone = Applier::stages_alone(cmd);
+                        if alone && self.applier.staged() > 0 {
+                            self.commit_partial(index, i).map_err(fail)?;
+                        }
+                        responses.push(self.applier.stage(cmd).map_err(fail)?);
+                        if alone {
+                            // Also when it ends the entry: commands of the next entries read
+                            // what it wrote (a lease it granted) from RocksDB.
+                            self.commit_partial(index, i + 1).map_err(fail)?;
+                        }
                     }
-                    if cmds.is_empty() {
-                        self.applier.apply(None, &[(APPLIED, applied)]).map_err(fail)?;
-                    }
+                    let marker = bincode::serialize(&(index, cmds.len())).map_err(sm_err)?;
+                    self.applier.stage_meta(PARTIAL, marker);
+                    self.partial = Some((index, cmds.len()));
                     out.push(responses);
                 }
                 EntryPayload::Membership(m) => {
                     let stored = StoredMembership::new(Some(entry.log_id), m.clone());
-                    let m = bincode::serialize(&stored).map_err(sm_err)?;
-                    self.applier.apply(None, &[(APPLIED, applied), (MEMBERSHIP, m)]).map_err(fail)?;
+                    self.applier.stage_meta(MEMBERSHIP, bincode::serialize(&stored).map_err(sm_err)?);
                     out.push(Vec::new());
                 }
             }
+            self.applier.stage_meta(APPLIED, applied);
         }
+        self.applier.commit().map_err(|e| StorageIOError::write_state_machine(&e))?;
         Ok(out)
     }
 

@@ -60,7 +60,7 @@ pub struct Opened {
 fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // One small block cache for every column family keeps the resident set small; RocksDB's
     // own page reads go through the OS cache anyway.
-    let cache = Cache::new_lru_cache(16 << 20);
+    let cache = Cache::new_lru_cache(8 << 20);
     let mut block = BlockBasedOptions::default();
     block.set_block_cache(&cache);
     block.set_bloom_filter(10.0, false);
@@ -76,6 +76,11 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // Every family shares one WAL; the Raft log's synced appends also make the state machine's
     // earlier unsynced writes durable, because the WAL is one sequential file.
     db_opts.set_max_total_wal_size(256 << 20);
+    // Writes stay in RocksDB's WAL buffer until the log's sync thread (or a synced write: the
+    // vote, a snapshot install) flushes and syncs it, instead of a write(2) each: a write
+    // that no sync has covered was never acknowledged, and is re-applied or re-sent after a
+    // crash like any unsynced write. Shutdown flushes the WAL.
+    db_opts.set_manual_wal_flush(true);
     // The state machine's writes are not synced on their own (the next synced log append covers
     // them). Flushing every family together keeps a memtable flush of one family (say, a log
     // purge) from reaching disk ahead of the unsynced writes of another that it depends on.
@@ -88,7 +93,16 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
         .map(|name| {
             let mut o = Options::default();
             o.set_block_based_table_factory(&block);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // Compression pays off only where data settles: the Raft log is deleted behind
+            // each snapshot and is never compressed; the other families are compressed from
+            // level 2 down, so that memtable flushes and the busiest compactions (levels 0 and
+            // 1) do not spend CPU on it.
+            if *name == CF_LOG {
+                o.set_compression_type(rocksdb::DBCompressionType::None);
+            } else {
+                use rocksdb::DBCompressionType::{Lz4, None as Plain};
+                o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
+            }
             o.set_write_buffer_size(if *name == CF_LOG { 16 << 20 } else { 8 << 20 });
             o.set_max_write_buffer_number(2);
             ColumnFamilyDescriptor::new(*name, o)

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use super::command::{ApplyError, Command, Response};
 use super::db::{CF_HIST, CF_KV, CF_LEASE, CF_LEASE_KEYS, CF_META, CF_REVS};
+use super::index::{KeyIndex, KeyMeta};
 use super::keys::{self, RangeEnd};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -471,11 +472,64 @@ fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
     k
 }
 
-/// The one writer: applies commands to the store, one RocksDB write batch per command.
+/// The one writer: applies commands to the store. Commands are staged ([`Applier::stage`]) and
+/// written together by [`Applier::commit`] in one RocksDB write batch, so a log entry of many
+/// writes costs one write to RocksDB, not one per command.
 pub struct Applier {
     store: Arc<Store>,
+    /// The counters with every staged command counted.
     revs: Revisions,
+    /// The counters as last written to RocksDB (and published to readers).
+    written: Revisions,
     alarms: BTreeSet<(u64, i32)>,
+    staged: Staged,
+    /// The current keys as written (the staged ones are in `staged.overlay`).
+    index: KeyIndex,
+}
+
+/// Commands applied but not yet written: their writes, and the keys they changed (later
+/// commands of the same batch read them there).
+#[derive(Default)]
+struct Staged {
+    batch: Ops,
+    overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
+    meta: BTreeMap<&'static [u8], Vec<u8>>,
+    commands: usize,
+}
+
+/// A write of the state machine, by column family name. A command's writes are kept here
+/// until it succeeds, so that a command that fails leaves nothing in the batch.
+enum Op {
+    Put(&'static str, Vec<u8>, Vec<u8>),
+    Delete(&'static str, Vec<u8>),
+    DeleteRange(&'static str, Vec<u8>, Vec<u8>),
+}
+
+#[derive(Default)]
+struct Ops(Vec<Op>);
+
+impl Ops {
+    fn put_cf(&mut self, cf: &'static str, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.0.push(Op::Put(cf, key.into(), value.into()));
+    }
+
+    fn delete_cf(&mut self, cf: &'static str, key: impl Into<Vec<u8>>) {
+        self.0.push(Op::Delete(cf, key.into()));
+    }
+
+    fn delete_range_cf(&mut self, cf: &'static str, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+        self.0.push(Op::DeleteRange(cf, from.into(), to.into()));
+    }
+
+    fn write_into(self, db: &DB, batch: &mut WriteBatch) {
+        for op in self.0 {
+            match op {
+                Op::Put(c, k, v) => batch.put_cf(cf(db, c), k, v),
+                Op::Delete(c, k) => batch.delete_cf(cf(db, c), k),
+                Op::DeleteRange(c, from, to) => batch.delete_range_cf(cf(db, c), from, to),
+            }
+        }
+    }
 }
 
 /// The writes of one transaction, and what it has changed so far (reads within the
@@ -484,67 +538,131 @@ struct TxnCtx {
     rev: i64,
     sub: u32,
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
-    batch: WriteBatch,
+    batch: Ops,
 }
 
 impl Applier {
     pub fn new(store: Arc<Store>) -> Result<Self, ApplyError> {
         let revs = read_revisions(&store.db)?;
         let alarms = read_alarms(&store.db)?;
-        Ok(Applier { store, revs, alarms })
+        let index = KeyIndex::load(&store.db)?;
+        tracing::info!(keys = index.len(), revision = revs.current, "state machine loaded");
+        Ok(Applier { store, revs, written: revs, alarms, staged: Staged::default(), index })
     }
 
     pub fn revisions(&self) -> Revisions {
         self.revs
     }
 
-    /// Reloads the counters after a snapshot replaced the state.
+    /// Reloads the counters after a snapshot replaced the state. Drops anything staged.
     pub fn reload(&mut self) -> Result<(), ApplyError> {
+        self.staged = Staged::default();
         self.revs = read_revisions(&self.store.db)?;
+        self.written = self.revs;
         self.alarms = read_alarms(&self.store.db)?;
+        self.index = KeyIndex::load(&self.store.db)?;
         self.store.publish(self.revs);
         Ok(())
     }
 
     /// Applies one command (or none, for Raft's own entries) together with `meta`, the
-    /// caller's bookkeeping (applied log id, membership), in a single write batch.
+    /// caller's bookkeeping (applied log id, membership), in a single write batch, with
+    /// anything staged before it.
     /// Only a storage failure is an `Err`; a command that fails answers `Response::Error`.
-    pub fn apply(&mut self, cmd: Option<&Command>, meta: &[(&[u8], Vec<u8>)]) -> Result<Response, ApplyError> {
-        let mut ctx =
-            TxnCtx { rev: self.revs.current + 1, sub: 0, overlay: BTreeMap::new(), batch: WriteBatch::default() };
+    pub fn apply(&mut self, cmd: Option<&Command>, meta: &[(&'static [u8], Vec<u8>)]) -> Result<Response, ApplyError> {
+        let resp = match cmd {
+            Some(cmd) => self.stage(cmd)?,
+            None => Response::None,
+        };
+        for (k, v) in meta {
+            self.stage_meta(k, v.clone());
+        }
+        self.commit()?;
+        Ok(resp)
+    }
+
+    /// Whether `cmd` reads state that staged commands may have changed without going through
+    /// the staged keys (leases, history at a past revision, the whole history for a
+    /// compaction) or changes such state: it must be staged alone, with everything before it
+    /// committed first and itself committed at once.
+    pub fn stages_alone(cmd: &Command) -> bool {
+        fn reads_past(ops: &[epb::RequestOp]) -> bool {
+            ops.iter().any(|op| match &op.request {
+                Some(OpRequest::RequestRange(r)) => r.revision > 0,
+                Some(OpRequest::RequestTxn(t)) => reads_past(&t.success) || reads_past(&t.failure),
+                _ => false,
+            })
+        }
+        match cmd {
+            Command::Put(_) | Command::DeleteRange(_) => false,
+            Command::Txn(t) => reads_past(&t.success) || reads_past(&t.failure),
+            _ => true,
+        }
+    }
+
+    /// Commands staged and not yet committed.
+    pub fn staged(&self) -> usize {
+        self.staged.commands
+    }
+
+    /// Applies `cmd` to the staged state and answers what it did. Nothing is visible to
+    /// readers until [`Applier::commit`]. A command for which [`Applier::stages_alone`] holds
+    /// must be staged with nothing before it and committed at once.
+    /// Only a storage failure is an `Err`; a command that fails answers `Response::Error`.
+    pub fn stage(&mut self, cmd: &Command) -> Result<Response, ApplyError> {
+        let mut ctx = TxnCtx { rev: self.revs.current + 1, sub: 0, overlay: BTreeMap::new(), batch: Ops::default() };
         let mut alarms = self.alarms.clone();
         let mut compacted = self.revs.compacted;
-        let result = match cmd {
-            None => Ok(Response::None),
-            Some(cmd) => self.apply_command(&mut ctx, cmd, &mut alarms, &mut compacted),
-        };
-        let (mut batch, resp, revs) = match result {
-            Ok(resp) => {
-                let current = if ctx.sub > 0 { ctx.rev } else { self.revs.current };
-                (ctx.batch, resp, Revisions { current, compacted })
-            }
+        let resp = match self.apply_command(&mut ctx, cmd, &mut alarms, &mut compacted) {
+            Ok(resp) => resp,
             Err(ApplyError::Storage(e)) => return Err(ApplyError::Storage(e)),
             Err(e) => {
-                alarms = self.alarms.clone();
-                (WriteBatch::default(), Response::Error(e), self.revs)
+                self.staged.commands += 1;
+                return Ok(Response::Error(e));
             }
         };
+        let current = if ctx.sub > 0 { ctx.rev } else { self.revs.current };
+        self.staged.batch.0.extend(ctx.batch.0);
+        self.staged.overlay.extend(ctx.overlay);
+        self.staged.commands += 1;
+        self.revs = Revisions { current, compacted };
+        self.alarms = alarms;
+        Ok(resp)
+    }
+
+    /// Adds the caller's bookkeeping (applied log id, membership) to the next commit.
+    pub fn stage_meta(&mut self, key: &'static [u8], value: Vec<u8>) {
+        self.staged.meta.insert(key, value);
+    }
+
+    /// Writes everything staged in one batch, then shows it to readers and watchers.
+    pub fn commit(&mut self) -> Result<(), ApplyError> {
+        let staged = std::mem::take(&mut self.staged);
+        let mut batch = WriteBatch::default();
+        staged.batch.write_into(&self.store.db, &mut batch);
         let meta_cf = cf(&self.store.db, CF_META);
-        for (k, v) in meta {
+        for (k, v) in staged.meta {
             batch.put_cf(meta_cf, k, v);
         }
-        if revs != self.revs {
-            batch.put_cf(meta_cf, META_REVS, bincode::serialize(&revs).expect("revisions serialize"));
+        if self.revs != self.written {
+            batch.put_cf(meta_cf, META_REVS, bincode::serialize(&self.revs).expect("revisions serialize"));
         }
         // Not synced here: the Raft log holds the entry durably, and the next synced log append
         // syncs this write too (one WAL). A crash re-applies from the persisted applied index.
         let mut wo = WriteOptions::default();
         wo.set_sync(false);
-        self.store.db.write_opt(batch, &wo).map_err(storage)?;
-        self.revs = revs;
-        self.alarms = alarms;
-        self.store.publish(revs);
-        Ok(resp)
+        if let Err(e) = self.store.db.write_opt(batch, &wo) {
+            // What was staged is lost with the batch: go back to what is written.
+            self.revs = self.written;
+            self.alarms = read_alarms(&self.store.db)?;
+            return Err(storage(e));
+        }
+        self.written = self.revs;
+        for (k, v) in &staged.overlay {
+            self.index.set(k, v.as_ref().map(KeyMeta::of));
+        }
+        self.store.publish(self.revs);
+        Ok(())
     }
 
     fn apply_command(
@@ -593,7 +711,7 @@ impl Applier {
                     return Err(ApplyError::LeaseExists);
                 }
                 let rec = LeaseRecord { ttl: *ttl };
-                ctx.batch.put_cf(lease_cf, keys::lease_key(*id), bincode::serialize(&rec).expect("lease serializes"));
+                ctx.batch.put_cf(CF_LEASE, keys::lease_key(*id), bincode::serialize(&rec).expect("lease serializes"));
                 Ok(Response::LeaseGrant { id: *id, ttl: *ttl, revision: self.revs.current })
             }
             Command::LeaseRevoke { id } => {
@@ -604,11 +722,11 @@ impl Applier {
                 for key in lease_keys(&self.store.db, *id)? {
                     self.delete_range(ctx, &epb::DeleteRangeRequest { key, ..Default::default() })?;
                 }
-                ctx.batch.delete_cf(lease_cf, keys::lease_key(*id));
+                ctx.batch.delete_cf(CF_LEASE, keys::lease_key(*id));
                 let from = keys::lease_key(*id);
                 let to = keys::lease_key(id.wrapping_add(1));
                 if *id != i64::MAX {
-                    ctx.batch.delete_range_cf(cf(&self.store.db, CF_LEASE_KEYS), from, to);
+                    ctx.batch.delete_range_cf(CF_LEASE_KEYS, from, to);
                 }
                 Ok(Response::Done { revision: if ctx.sub > 0 { ctx.rev } else { self.revs.current } })
             }
@@ -616,17 +734,17 @@ impl Applier {
                 let mut k = META_MEMBER.to_vec();
                 k.extend_from_slice(&id.to_be_bytes());
                 let attr = MemberAttr { name: name.clone(), api_addr: api_addr.clone() };
-                ctx.batch.put_cf(cf(&self.store.db, CF_META), k, bincode::serialize(&attr).expect("member serializes"));
+                ctx.batch.put_cf(CF_META, k, bincode::serialize(&attr).expect("member serializes"));
                 Ok(Response::Done { revision: self.revs.current })
             }
             Command::Alarm { member, alarm, activate } => {
                 let k = alarm_key(*member, *alarm);
                 if *activate {
                     alarms.insert((*member, *alarm));
-                    ctx.batch.put_cf(cf(&self.store.db, CF_META), k, []);
+                    ctx.batch.put_cf(CF_META, k, []);
                 } else {
                     alarms.remove(&(*member, *alarm));
-                    ctx.batch.delete_cf(cf(&self.store.db, CF_META), k);
+                    ctx.batch.delete_cf(CF_META, k);
                 }
                 Ok(Response::Done { revision: self.revs.current })
             }
@@ -634,12 +752,20 @@ impl Applier {
     }
 
     fn get(&self, ctx: &TxnCtx, key: &[u8]) -> Result<Option<KeyValue>, ApplyError> {
-        if let Some(v) = ctx.overlay.get(key) {
+        if let Some(v) = ctx.overlay.get(key).or_else(|| self.staged.overlay.get(key)) {
             return Ok(v.clone());
         }
         match self.store.db.get_cf(cf(&self.store.db, CF_KV), key).map_err(storage)? {
             Some(v) => Ok(Some(decode_kv(&v)?)),
             None => Ok(None),
+        }
+    }
+
+    /// A current key's revisions and lease, from the index (no RocksDB read).
+    fn meta(&self, ctx: &TxnCtx, key: &[u8]) -> Option<KeyMeta> {
+        match ctx.overlay.get(key).or_else(|| self.staged.overlay.get(key)) {
+            Some(v) => v.as_ref().map(KeyMeta::of),
+            None => self.index.get(key),
         }
     }
 
@@ -653,7 +779,7 @@ impl Applier {
             found.insert(kv.key.clone(), kv);
             true
         })?;
-        for (k, v) in &ctx.overlay {
+        for (k, v) in self.staged.overlay.iter().chain(&ctx.overlay) {
             if keys::in_range(k, start, end) {
                 match v {
                     Some(kv) => found.insert(k.clone(), kv.clone()),
@@ -665,7 +791,7 @@ impl Applier {
     }
 
     fn check_put(&self, ctx: &TxnCtx, req: &epb::PutRequest) -> Result<(), ApplyError> {
-        if (req.ignore_value || req.ignore_lease) && self.get(ctx, &req.key)?.is_none() {
+        if (req.ignore_value || req.ignore_lease) && self.meta(ctx, &req.key).is_none() {
             return Err(ApplyError::KeyNotFound);
         }
         if req.lease != 0 && !req.ignore_lease && self.store.lease(req.lease)?.is_none() {
@@ -675,15 +801,16 @@ impl Applier {
     }
 
     fn put(&self, ctx: &mut TxnCtx, req: &epb::PutRequest) -> Result<epb::PutResponse, ApplyError> {
-        let db = &self.store.db;
-        let prev = self.get(ctx, &req.key)?;
+        let prev = self.meta(ctx, &req.key);
+        // The value replaced is read only when the request asks for it.
+        let prev_kv = if req.prev_kv || req.ignore_value { self.get(ctx, &req.key)? } else { None };
         let rev = ctx.rev;
         let kv = KeyValue {
             key: req.key.clone(),
             create_revision: prev.as_ref().map_or(rev, |p| p.create_revision),
             mod_revision: rev,
             version: prev.as_ref().map_or(1, |p| p.version + 1),
-            value: match (&prev, req.ignore_value) {
+            value: match (&prev_kv, req.ignore_value) {
                 (Some(p), true) => p.value.clone(),
                 _ => req.value.clone(),
             },
@@ -694,19 +821,19 @@ impl Applier {
         };
         if let Some(p) = &prev {
             if p.lease != 0 && p.lease != kv.lease {
-                ctx.batch.delete_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(p.lease, &kv.key));
+                ctx.batch.delete_cf(CF_LEASE_KEYS, keys::lease_key_attach(p.lease, &kv.key));
             }
         }
         if kv.lease != 0 {
-            ctx.batch.put_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(kv.lease, &kv.key), []);
+            ctx.batch.put_cf(CF_LEASE_KEYS, keys::lease_key_attach(kv.lease, &kv.key), []);
         }
-        ctx.batch.put_cf(cf(db, CF_KV), &kv.key, kv.encode_to_vec());
-        ctx.batch.put_cf(cf(db, CF_HIST), keys::hist_key(&kv.key, rev), encode_hist(&kv, true));
+        ctx.batch.put_cf(CF_KV, kv.key.clone(), kv.encode_to_vec());
+        ctx.batch.put_cf(CF_HIST, keys::hist_key(&kv.key, rev), encode_hist(&kv, true));
         let event = Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None };
-        ctx.batch.put_cf(cf(db, CF_REVS), keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+        ctx.batch.put_cf(CF_REVS, keys::rev_key(rev, ctx.sub), event.encode_to_vec());
         ctx.sub += 1;
         ctx.overlay.insert(kv.key.clone(), Some(kv));
-        Ok(epb::PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+        Ok(epb::PutResponse { header: None, prev_kv: if req.prev_kv { prev_kv } else { None } })
     }
 
     fn delete_range(
@@ -714,18 +841,22 @@ impl Applier {
         ctx: &mut TxnCtx,
         req: &epb::DeleteRangeRequest,
     ) -> Result<epb::DeleteRangeResponse, ApplyError> {
-        let db = &self.store.db;
-        let victims = self.range_current(ctx, &req.key, &req.range_end)?;
+        let victims = if req.range_end.is_empty() && !req.prev_kv {
+            // One key, its value not wanted: the index knows all a tombstone needs.
+            self.meta(ctx, &req.key).map(|m| m.to_kv(&req.key)).into_iter().collect()
+        } else {
+            self.range_current(ctx, &req.key, &req.range_end)?
+        };
         let rev = ctx.rev;
         for prev in &victims {
             let tomb = KeyValue { key: prev.key.clone(), mod_revision: rev, ..Default::default() };
             if prev.lease != 0 {
-                ctx.batch.delete_cf(cf(db, CF_LEASE_KEYS), keys::lease_key_attach(prev.lease, &prev.key));
+                ctx.batch.delete_cf(CF_LEASE_KEYS, keys::lease_key_attach(prev.lease, &prev.key));
             }
-            ctx.batch.delete_cf(cf(db, CF_KV), &prev.key);
-            ctx.batch.put_cf(cf(db, CF_HIST), keys::hist_key(&prev.key, rev), encode_hist(&tomb, false));
+            ctx.batch.delete_cf(CF_KV, prev.key.clone());
+            ctx.batch.put_cf(CF_HIST, keys::hist_key(&prev.key, rev), encode_hist(&tomb, false));
             let event = Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: None };
-            ctx.batch.put_cf(cf(db, CF_REVS), keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+            ctx.batch.put_cf(CF_REVS, keys::rev_key(rev, ctx.sub), event.encode_to_vec());
             ctx.sub += 1;
             ctx.overlay.insert(prev.key.clone(), None);
         }
@@ -737,8 +868,13 @@ impl Applier {
     }
 
     fn compare(&self, ctx: &TxnCtx, c: &epb::Compare) -> Result<bool, ApplyError> {
-        let kvs = self.range_current(ctx, &c.key, &c.range_end)?;
         let target = CompareTarget::try_from(c.target).unwrap_or(CompareTarget::Version);
+        let kvs = if c.range_end.is_empty() && target != CompareTarget::Value {
+            // One key, compared on a revision, version or lease: the index has them.
+            self.meta(ctx, &c.key).map(|m| m.to_kv(&c.key)).into_iter().collect()
+        } else {
+            self.range_current(ctx, &c.key, &c.range_end)?
+        };
         if kvs.is_empty() {
             if target == CompareTarget::Value {
                 return Ok(false);
@@ -827,9 +963,9 @@ impl Applier {
         let mut group: Option<Vec<u8>> = None;
         // The newest version at or below `rev` seen so far in the group: (hist key, live).
         let mut keep: Option<(Vec<u8>, bool)> = None;
-        let finish = |keep: &mut Option<(Vec<u8>, bool)>, batch: &mut WriteBatch| {
+        let finish = |keep: &mut Option<(Vec<u8>, bool)>, batch: &mut Ops| {
             if let Some((k, false)) = keep.take() {
-                batch.delete_cf(hist_cf, k);
+                batch.delete_cf(CF_HIST, k);
             }
         };
         for item in db.iterator_cf(hist_cf, IteratorMode::Start) {
@@ -841,13 +977,13 @@ impl Applier {
             }
             if r <= rev {
                 if let Some((older, _)) = keep.take() {
-                    ctx.batch.delete_cf(hist_cf, older);
+                    ctx.batch.delete_cf(CF_HIST, older);
                 }
                 keep = Some((k.to_vec(), v.first() == Some(&1)));
             }
         }
         finish(&mut keep, &mut ctx.batch);
-        ctx.batch.delete_range_cf(cf(db, CF_REVS), keys::rev_key(0, 0), keys::rev_key(rev, 0));
+        ctx.batch.delete_range_cf(CF_REVS, keys::rev_key(0, 0), keys::rev_key(rev, 0));
         Ok(())
     }
 }
@@ -932,6 +1068,39 @@ mod tests {
     }
 
     #[test]
+    fn staged_commands_see_each_other_and_show_only_once_committed() {
+        let (_d, s, mut a) = fresh();
+        let put_req =
+            |k: &str, v: &str| Command::Put(epb::PutRequest { key: k.into(), value: v.into(), ..Default::default() });
+        a.stage(&put_req("a", "1")).expect("stage");
+        a.stage(&put_req("a", "2")).expect("stage");
+        // A command that fails leaves nothing staged: an ignore_value put of a key never written.
+        let bad = Command::Put(epb::PutRequest { key: b"nope".to_vec(), ignore_value: true, ..Default::default() });
+        assert!(matches!(a.stage(&bad).expect("stage"), Response::Error(ApplyError::KeyNotFound)));
+        let del = Command::DeleteRange(epb::DeleteRangeRequest { key: b"a".to_vec(), ..Default::default() });
+        a.stage(&del).expect("stage");
+        a.stage(&put_req("a", "3")).expect("stage");
+        assert_eq!(a.staged(), 5);
+        assert_eq!(s.revisions().current, 1, "nothing is visible before the commit");
+        assert!(range(&s, "a", "", 0).unwrap().is_empty());
+        a.commit().expect("commit");
+        assert_eq!(s.revisions().current, 5);
+        // The second put saw the first (version 2), the delete ended that life, the last put
+        // began a new one.
+        assert_eq!(range(&s, "a", "", 3).unwrap(), vec![("a".into(), "2".into(), 2, 3, 2)]);
+        assert!(range(&s, "a", "", 4).unwrap().is_empty());
+        assert_eq!(range(&s, "a", "", 0).unwrap(), vec![("a".into(), "3".into(), 5, 5, 1)]);
+        assert!(range(&s, "nope", "", 0).unwrap().is_empty());
+        // A fresh applier over the same store knows the keys (its index is loaded from RocksDB).
+        let mut b = Applier::new(s.clone()).expect("applier");
+        match put(&mut b, "a", "4") {
+            Response::Put(r) => assert_eq!(r.prev_kv.map(|kv| (kv.version, kv.create_revision)), Some((1, 5))),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(range(&s, "a", "", 0).unwrap(), vec![("a".into(), "4".into(), 5, 6, 2)]);
+    }
+
+    #[test]
     fn writes_bump_revisions_and_versions_like_etcd() {
         let (_d, s, mut a) = fresh();
         assert_eq!(s.revisions().current, 1, "an empty store is at revision 1, as etcd");
@@ -999,7 +1168,7 @@ mod tests {
             ..cmp(CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))
         };
         assert!(a
-            .compare(&TxnCtx { rev: 0, sub: 0, overlay: BTreeMap::new(), batch: WriteBatch::default() }, &missing)
+            .compare(&TxnCtx { rev: 0, sub: 0, overlay: BTreeMap::new(), batch: Ops::default() }, &missing)
             .unwrap());
         // A put with an unknown lease fails whole and writes nothing.
         let before = s.revisions().current;
