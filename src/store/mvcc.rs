@@ -239,13 +239,30 @@ fn read_all_for(req: &epb::RangeRequest) -> bool {
 pub struct Store {
     db: Arc<DB>,
     revs: watch::Sender<Revisions>,
+    /// The newest events, as the applier wrote them: watchers that keep up read them here
+    /// instead of each reading and decoding them from RocksDB.
+    recent: parking_lot::RwLock<RecentEvents>,
+}
+
+/// Events kept in memory, at most.
+const RECENT_EVENTS: usize = 2048;
+
+/// The last events written, by revision, with every event from `from` on.
+#[derive(Debug, Default)]
+struct RecentEvents {
+    events: std::collections::VecDeque<(i64, Event)>,
+    /// Every event at or after this revision is in `events`.
+    from: i64,
+    /// The counters as of the last event recorded.
+    revs: Revisions,
 }
 
 impl Store {
     /// Opens the store over an already opened database, reading its counters.
     pub fn new(db: Arc<DB>) -> Result<Arc<Self>, ApplyError> {
         let revs = read_revisions(&db)?;
-        Ok(Arc::new(Store { db, revs: watch::channel(revs).0 }))
+        let recent = RecentEvents { events: Default::default(), from: revs.current + 1, revs };
+        Ok(Arc::new(Store { db, revs: watch::channel(revs).0, recent: parking_lot::RwLock::new(recent) }))
     }
 
     pub fn db(&self) -> &Arc<DB> {
@@ -260,6 +277,53 @@ impl Store {
     /// A receiver that wakes whenever the applied revision moves.
     pub fn subscribe(&self) -> watch::Receiver<Revisions> {
         self.revs.subscribe()
+    }
+
+    /// Records the events of a commit just written (in revision order), and the counters after
+    /// it; `None` forgets every recorded event (the state was replaced by a snapshot).
+    fn remember(&self, events: Option<Vec<(i64, Event)>>, revs: Revisions) {
+        let mut recent = self.recent.write();
+        match events {
+            Some(events) => recent.events.extend(events),
+            None => {
+                recent.events.clear();
+                recent.from = revs.current + 1;
+            }
+        }
+        while recent.events.len() > RECENT_EVENTS {
+            // Whole revisions only: a revision partly kept would be read as complete.
+            let Some((rev, _)) = recent.events.pop_front() else { break };
+            while recent.events.front().is_some_and(|(r, _)| *r == rev) {
+                recent.events.pop_front();
+            }
+            recent.from = rev + 1;
+        }
+        recent.revs = revs;
+    }
+
+    /// [`Store::events`] from memory, when every event from `from` on is there.
+    fn recent_events(&self, from: i64, max: usize) -> Option<Result<EventBatch, ApplyError>> {
+        let recent = self.recent.read();
+        let revs = recent.revs;
+        if from < revs.compacted {
+            return Some(Err(ApplyError::Compacted));
+        }
+        if from < recent.from {
+            return None;
+        }
+        let start = recent.events.partition_point(|(r, _)| *r < from);
+        let mut events = Vec::new();
+        let mut last_rev = 0;
+        let mut next = revs.current.max(from - 1) + 1;
+        for (rev, ev) in recent.events.range(start..) {
+            if *rev != last_rev && events.len() >= max {
+                next = *rev;
+                break;
+            }
+            last_rev = *rev;
+            events.push(ev.clone());
+        }
+        Some(Ok(EventBatch { events, revs, next }))
     }
 
     pub(crate) fn publish(&self, revs: Revisions) {
@@ -314,6 +378,13 @@ impl Store {
     /// is never split, so a batch may hold more), and where the next read starts. Fails with
     /// Compacted when `from` is below the compaction point.
     pub fn events(&self, from: i64, max: usize) -> Result<EventBatch, ApplyError> {
+        match self.recent_events(from, max) {
+            Some(batch) => batch,
+            None => self.events_from_db(from, max),
+        }
+    }
+
+    fn events_from_db(&self, from: i64, max: usize) -> Result<EventBatch, ApplyError> {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
@@ -494,6 +565,7 @@ struct Staged {
     batch: Ops,
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
     meta: BTreeMap<&'static [u8], Vec<u8>>,
+    events: Vec<(i64, Event)>,
     commands: usize,
 }
 
@@ -539,6 +611,8 @@ struct TxnCtx {
     sub: u32,
     overlay: BTreeMap<Vec<u8>, Option<KeyValue>>,
     batch: Ops,
+    /// The events written, for [`Store::remember`].
+    events: Vec<(i64, Event)>,
 }
 
 impl Applier {
@@ -561,6 +635,7 @@ impl Applier {
         self.written = self.revs;
         self.alarms = read_alarms(&self.store.db)?;
         self.index = KeyIndex::load(&self.store.db)?;
+        self.store.remember(None, self.revs);
         self.store.publish(self.revs);
         Ok(())
     }
@@ -610,7 +685,13 @@ impl Applier {
     /// must be staged with nothing before it and committed at once.
     /// Only a storage failure is an `Err`; a command that fails answers `Response::Error`.
     pub fn stage(&mut self, cmd: &Command) -> Result<Response, ApplyError> {
-        let mut ctx = TxnCtx { rev: self.revs.current + 1, sub: 0, overlay: BTreeMap::new(), batch: Ops::default() };
+        let mut ctx = TxnCtx {
+            rev: self.revs.current + 1,
+            sub: 0,
+            overlay: BTreeMap::new(),
+            batch: Ops::default(),
+            events: Vec::new(),
+        };
         let mut alarms = self.alarms.clone();
         let mut compacted = self.revs.compacted;
         let resp = match self.apply_command(&mut ctx, cmd, &mut alarms, &mut compacted) {
@@ -623,6 +704,7 @@ impl Applier {
         };
         let current = if ctx.sub > 0 { ctx.rev } else { self.revs.current };
         self.staged.batch.0.extend(ctx.batch.0);
+        self.staged.events.extend(ctx.events);
         self.staged.overlay.extend(ctx.overlay);
         self.staged.commands += 1;
         self.revs = Revisions { current, compacted };
@@ -661,6 +743,7 @@ impl Applier {
         for (k, v) in &staged.overlay {
             self.index.set(k, v.as_ref().map(KeyMeta::of));
         }
+        self.store.remember(Some(staged.events), self.revs);
         self.store.publish(self.revs);
         Ok(())
     }
@@ -831,6 +914,7 @@ impl Applier {
         ctx.batch.put_cf(CF_HIST, keys::hist_key(&kv.key, rev), encode_hist(&kv, true));
         let event = Event { r#type: EventType::Put as i32, kv: Some(kv.clone()), prev_kv: None };
         ctx.batch.put_cf(CF_REVS, keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+        ctx.events.push((rev, event));
         ctx.sub += 1;
         ctx.overlay.insert(kv.key.clone(), Some(kv));
         Ok(epb::PutResponse { header: None, prev_kv: if req.prev_kv { prev_kv } else { None } })
@@ -857,6 +941,7 @@ impl Applier {
             ctx.batch.put_cf(CF_HIST, keys::hist_key(&prev.key, rev), encode_hist(&tomb, false));
             let event = Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: None };
             ctx.batch.put_cf(CF_REVS, keys::rev_key(rev, ctx.sub), event.encode_to_vec());
+            ctx.events.push((rev, event));
             ctx.sub += 1;
             ctx.overlay.insert(prev.key.clone(), None);
         }
@@ -1101,6 +1186,31 @@ mod tests {
     }
 
     #[test]
+    fn recent_events_in_memory_read_the_same_as_from_rocksdb() {
+        let (_d, s, mut a) = fresh();
+        for i in 0..RECENT_EVENTS + 300 {
+            put(&mut a, &format!("k{}", i % 50), &i.to_string());
+            if i % 7 == 0 {
+                del(&mut a, &format!("k{}", i % 50), "");
+            }
+        }
+        let oldest_kept = s.recent.read().from;
+        assert!(oldest_kept > 2, "the oldest events were dropped from memory");
+        let current = s.revisions().current;
+        for from in [2, oldest_kept - 1, oldest_kept, oldest_kept + 1, current - 3, current, current + 1, current + 5] {
+            for max in [1, 3, 100, 5000] {
+                let mem = s.events(from, max).unwrap();
+                let db = s.events_from_db(from, max).unwrap();
+                assert_eq!((&mem.events, mem.next, mem.revs), (&db.events, db.next, db.revs), "from {from}, max {max}");
+            }
+        }
+        a.apply(Some(&Command::Compact { revision: oldest_kept + 10 }), &[]).expect("compact");
+        assert_eq!(s.events(oldest_kept + 9, 10).unwrap_err(), ApplyError::Compacted);
+        let mem = s.events(oldest_kept + 10, 10).unwrap();
+        assert_eq!(mem.events, s.events_from_db(oldest_kept + 10, 10).unwrap().events);
+    }
+
+    #[test]
     fn writes_bump_revisions_and_versions_like_etcd() {
         let (_d, s, mut a) = fresh();
         assert_eq!(s.revisions().current, 1, "an empty store is at revision 1, as etcd");
@@ -1168,7 +1278,10 @@ mod tests {
             ..cmp(CompareTarget::Version, CompareResult::Equal, TargetUnion::Version(0))
         };
         assert!(a
-            .compare(&TxnCtx { rev: 0, sub: 0, overlay: BTreeMap::new(), batch: Ops::default() }, &missing)
+            .compare(
+                &TxnCtx { rev: 0, sub: 0, overlay: BTreeMap::new(), batch: Ops::default(), events: Vec::new() },
+                &missing,
+            )
             .unwrap());
         // A put with an unknown lease fails whole and writes nothing.
         let before = s.revisions().current;
