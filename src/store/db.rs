@@ -76,11 +76,11 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // Every family shares one WAL; the Raft log's synced appends also make the state machine's
     // earlier unsynced writes durable, because the WAL is one sequential file.
     db_opts.set_max_total_wal_size(256 << 20);
-    // Writes stay in RocksDB's WAL buffer until the log's sync thread (or a synced write: the
-    // vote, a snapshot install) flushes and syncs it, instead of a write(2) each: a write
-    // that no sync has covered was never acknowledged, and is re-applied or re-sent after a
-    // crash like any unsynced write. Shutdown flushes the WAL.
-    db_opts.set_manual_wal_flush(true);
+    // Not `manual_wal_flush`: every write reaches the WAL file at once (a write(2) each), so a
+    // leader killed with -9 keeps the entries it counted as its own copy before its sync; kept
+    // in RocksDB's buffer instead, they died with the process, a majority could elect a leader
+    // without entries a follower had already applied, and Jepsen's objects-kill-partition saw
+    // lost updates (bench/README.md, runs F-K).
     // The state machine's writes are not synced on their own (the next synced log append covers
     // them). Flushing every family together keeps a memtable flush of one family (say, a log
     // purge) from reaching disk ahead of the unsynced writes of another that it depends on.
