@@ -316,10 +316,10 @@ impl RaftNode {
         let stats = Arc::new(SyncStats::default());
         let durability = Arc::new(log_store::Durability::default());
         let log = log_store::LogStore::new(store.db().clone(), stats.clone(), opts.id, durability.clone());
-        let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone(), durability)
+        let sm = state_machine::StateMachine::new(store.clone(), opts.snapshot_dir.clone(), durability.clone())
             .map_err(|e| stop(e.to_string()))?;
         let channels = network::PeerChannels::default();
-        let net = network::Network { channels: channels.clone() };
+        let net = network::Network { channels: channels.clone(), durability };
         let raft = Raft::new(opts.id, Arc::new(config), net, log, sm).await.map_err(|e| stop(e.to_string()))?;
         if opts.bootstrap && !raft.is_initialized().await.map_err(|e| stop(e.to_string()))? {
             let members: BTreeMap<u64, Member> =

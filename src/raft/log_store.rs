@@ -13,6 +13,12 @@
 //! commits, and the state machine applies an entry, which is what answers the client and what
 //! reads see, only once the leader's sync has covered it too ([`Durability`]). So every
 //! acknowledged write is on the disks of a majority.
+//!
+//! The followers must not apply such an entry before the leader's sync either: a follower that
+//! applied an entry the leader then lost in a power failure could see it overwritten by a leader
+//! elected without it. So the leader never tells a follower an index is committed before its own
+//! sync has covered it ([`Durability::commit_to_send`], used by the network on every
+//! AppendEntries).
 
 // openraft's storage traits fix `StorageError` (large) as the error type; helpers return it too
 // rather than converting at every call.
@@ -57,16 +63,24 @@ pub struct SyncStats {
     pub entries: std::sync::atomic::AtomicU64,
 }
 
-/// How far the log's WAL syncs have got, counted in appends, so that the state machine can wait
-/// for the sync of entries the leader acknowledged before syncing them.
+/// How far the log's WAL syncs have got, so that the state machine can wait for the sync of
+/// entries the leader acknowledged before syncing them, and the leader can hold back a commit
+/// index its followers must not apply yet.
 #[derive(Debug)]
 pub struct Durability {
     /// Sequence number of the last append.
     appended: AtomicU64,
     /// Sequence number of the last append acknowledged before its sync.
     early: AtomicU64,
-    /// Every append up to this sequence number is synced; `Err` once a sync failed.
-    synced: tokio::sync::watch::Sender<Result<u64, String>>,
+    /// How far the syncs have got; `Err` once a sync failed.
+    synced: tokio::sync::watch::Sender<Result<Synced, String>>,
+}
+
+/// Every append up to sequence number `seq` is synced; `last` is the last log id of append `seq`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Synced {
+    seq: u64,
+    last: Option<LogId<u64>>,
 }
 
 impl Default for Durability {
@@ -74,7 +88,7 @@ impl Default for Durability {
         Durability {
             appended: AtomicU64::new(0),
             early: AtomicU64::new(0),
-            synced: tokio::sync::watch::Sender::new(Ok(0)),
+            synced: tokio::sync::watch::Sender::new(Ok(Synced::default())),
         }
     }
 }
@@ -88,9 +102,43 @@ impl Durability {
             return Ok(());
         }
         let mut rx = self.synced.subscribe();
-        let state = rx.wait_for(|s| !matches!(s, Ok(n) if *n < early)).await;
+        let state = rx.wait_for(|s| !matches!(s, Ok(n) if n.seq < early)).await;
         match state.as_deref() {
             Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("syncing the Raft log failed: {e}")),
+            Err(_) => Err("the Raft log's sync thread stopped".into()),
+        }
+    }
+
+    /// The commit index a leader may send with an AppendEntries carrying `entries` entries,
+    /// given openraft's `committed`: never one its own sync has not covered yet. With entries to
+    /// send, an unsynced commit index is lowered to the last synced entry of the same term (the
+    /// entries go out now; the commit follows with the next message, which openraft sends when
+    /// the commit index moves on). Otherwise this waits for the sync: a message carrying only a
+    /// commit index loses nothing by waiting, and no later one may come to carry it.
+    pub async fn commit_to_send(
+        &self,
+        committed: Option<LogId<u64>>,
+        entries: usize,
+    ) -> Result<Option<LogId<u64>>, String> {
+        let Some(c) = committed else { return Ok(None) };
+        let covers = |s: &Synced| s.last >= Some(c);
+        let synced = match &*self.synced.borrow() {
+            Ok(s) => *s,
+            Err(e) => return Err(format!("syncing the Raft log failed: {e}")),
+        };
+        if covers(&synced) {
+            return Ok(committed);
+        }
+        if entries > 0 {
+            // Entries of one term sit at consecutive indexes, so an index of `c`'s term below
+            // `c` is in the log as the synced entry; anything else is held back entirely.
+            return Ok(synced.last.filter(|s| s.leader_id == c.leader_id));
+        }
+        let mut rx = self.synced.subscribe();
+        let state = rx.wait_for(|s| !matches!(s, Ok(s) if !covers(s))).await;
+        match state.as_deref() {
+            Ok(Ok(_)) => Ok(committed),
             Ok(Err(e)) => Err(format!("syncing the Raft log failed: {e}")),
             Err(_) => Err("the Raft log's sync thread stopped".into()),
         }
@@ -108,9 +156,15 @@ pub struct LogStore {
     durability: Arc<Durability>,
 }
 
-/// An append waiting for the sync thread: its sequence number, its entry count, and openraft's
-/// callback unless it was acknowledged already.
-type Pending = (u64, u64, Option<LogFlushed<TypeConfig>>);
+/// An append waiting for the sync thread.
+struct Pending {
+    seq: u64,
+    entries: u64,
+    /// The log id of its last entry.
+    last: Option<LogId<u64>>,
+    /// openraft's callback, unless the append was acknowledged already.
+    callback: Option<LogFlushed<TypeConfig>>,
+}
 
 /// The sync thread's handle. Dropping the last clone of the store closes the channel and joins
 /// the thread, so the thread's reference to the database is gone when the store is: RocksDB must
@@ -174,19 +228,24 @@ fn sync_loop(db: Arc<DB>, rx: mpsc::Receiver<Pending>, stats: Arc<SyncStats>, du
         let result = db.flush_wal(true).map_err(std::io::Error::other);
         stats.syncs.fetch_add(1, Relaxed);
         stats.appends.fetch_add(waiting.len() as u64, Relaxed);
-        stats.entries.fetch_add(waiting.iter().map(|(_, n, _)| n).sum(), Relaxed);
-        let last = waiting.iter().map(|(seq, _, _)| *seq).max().unwrap_or(0);
+        stats.entries.fetch_add(waiting.iter().map(|p| p.entries).sum(), Relaxed);
+        // Appends arrive in sequence order, so the last one received is the furthest synced.
+        let seq = waiting.last().map_or(0, |p| p.seq);
+        let last = waiting.iter().rev().find_map(|p| p.last);
         durability.synced.send_modify(|s| match (&result, s.as_mut()) {
-            (Ok(()), Ok(n)) => *n = (*n).max(last),
+            (Ok(()), Ok(n)) => {
+                n.seq = n.seq.max(seq);
+                n.last = last.or(n.last);
+            }
             (Err(e), _) => *s = Err(e.to_string()),
             (Ok(()), Err(_)) => {}
         });
-        for (_, _, cb) in waiting {
+        for p in waiting {
             let r = match &result {
                 Ok(()) => Ok(()),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
-            if let Some(cb) = cb {
+            if let Some(cb) = p.callback {
                 cb.log_io_completed(r);
             }
         }
@@ -288,7 +347,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         } else {
             Some(callback)
         };
-        let sent = self.syncer.tx.as_ref().map(|tx| tx.send((seq, entries.len() as u64, callback)));
+        let pending = Pending { seq, entries: entries.len() as u64, last: entries.last().map(|e| e.log_id), callback };
+        let sent = self.syncer.tx.as_ref().map(|tx| tx.send(pending));
         if !matches!(sent, Some(Ok(()))) {
             return Err(write_err(std::io::Error::other("log sync thread stopped")));
         }
@@ -306,5 +366,54 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put_cf(cf(&self.db, CF_RAFT), PURGED, bincode::serialize(&log_id).map_err(write_err)?);
         batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
         self.db.write(batch).map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::{Durability, Synced};
+
+    fn id(term: u64, index: u64) -> Option<LogId<u64>> {
+        Some(LogId::new(CommittedLeaderId::new(term, 1), index))
+    }
+
+    fn synced(d: &Durability, seq: u64, last: Option<LogId<u64>>) {
+        d.synced.send_modify(|s| *s = Ok(Synced { seq, last }));
+    }
+
+    /// A commit index goes to a follower only once the leader's own sync covers it: lowered to
+    /// the synced entry of its term when entries go with it, waited for when it goes alone.
+    #[tokio::test]
+    async fn a_commit_index_is_sent_only_once_the_local_sync_covers_it() {
+        let d = Durability::default();
+        assert_eq!(d.commit_to_send(None, 0).await, Ok(None));
+
+        synced(&d, 1, id(2, 10));
+        assert_eq!(d.commit_to_send(id(2, 10), 0).await, Ok(id(2, 10)), "covered exactly");
+        assert_eq!(d.commit_to_send(id(1, 50), 3).await, Ok(id(1, 50)), "an earlier term is covered");
+
+        // Ahead of the sync, with entries: the synced entry of the same term, or nothing.
+        assert_eq!(d.commit_to_send(id(2, 12), 5).await, Ok(id(2, 10)));
+        assert_eq!(d.commit_to_send(id(3, 11), 5).await, Ok(None));
+
+        // Ahead of the sync, alone: it waits, and goes out once the sync gets there.
+        let d = std::sync::Arc::new(d);
+        let waiting = tokio::spawn({
+            let d = d.clone();
+            async move { d.commit_to_send(id(3, 11), 0).await }
+        });
+        tokio::task::yield_now().await;
+        synced(&d, 2, id(3, 10));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "sent before the sync covered it");
+        synced(&d, 3, id(3, 11));
+        assert_eq!(waiting.await.expect("the wait ends"), Ok(id(3, 11)));
+
+        // A failed sync fails the send: the entries may not be on disk.
+        d.synced.send_modify(|s| *s = Err("disk gone".into()));
+        let err = d.commit_to_send(id(3, 12), 0).await.expect_err("a failed sync");
+        assert!(err.contains("disk gone"), "{err}");
     }
 }

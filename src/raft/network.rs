@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
 
+use super::log_store::Durability;
 use super::{Member, TypeConfig};
 use crate::pb::raft::raft_peer_client::RaftPeerClient;
 use crate::pb::raft::RaftBody;
@@ -54,6 +55,8 @@ impl PeerChannels {
 
 pub struct Network {
     pub channels: PeerChannels,
+    /// The local log's syncs: a commit index goes out only once they cover it.
+    pub durability: Arc<Durability>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -61,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: u64, node: &Member) -> PeerConn {
         let client = self.channels.client(&node.peer_addr).ok();
-        PeerConn { target, addr: node.peer_addr.clone(), client }
+        PeerConn { target, addr: node.peer_addr.clone(), client, durability: self.durability.clone() }
     }
 }
 
@@ -69,6 +72,7 @@ pub struct PeerConn {
     target: u64,
     addr: String,
     client: Option<RaftPeerClient<Channel>>,
+    durability: Arc<Durability>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +136,16 @@ impl RaftNetwork<TypeConfig> for PeerConn {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
+        let mut rpc = rpc;
+        let commit = self.durability.commit_to_send(rpc.leader_commit, rpc.entries.len());
+        rpc.leader_commit = match tokio::time::timeout(option.hard_ttl(), commit).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(RPCError::Network(NetworkError::new(&std::io::Error::other(e)))),
+            Err(_) => {
+                let e = std::io::Error::other("timed out waiting for the local log's sync");
+                return Err(RPCError::Network(NetworkError::new(&e)));
+            }
+        };
         self.call(Kind::Append, &rpc, &option).await
     }
 
