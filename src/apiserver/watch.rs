@@ -50,12 +50,12 @@ impl ApiServer {
         };
         let mut applied = self.store.subscribe();
         let mut last_bookmark = tokio::time::Instant::now();
+        let prefix: Arc<[u8]> = prefix.into();
         loop {
-            let store = self.store.clone();
-            let step = tokio::task::spawn_blocking(move || store.events(from, EVENTS_PER_STEP))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            let batch = match step {
+            let wanted = prefix.clone();
+            let keep =
+                move |ev: &crate::pb::mvccpb::Event| ev.kv.as_ref().is_some_and(|kv| kv.key.starts_with(&wanted));
+            let batch = match self.store.watch_events(from, EVENTS_PER_STEP, keep).await {
                 Ok(x) => x,
                 Err(ApplyError::Compacted) => {
                     return Err(ApiError::Expired(format!(
@@ -67,10 +67,6 @@ impl ApiServer {
                 Err(e) => return Err(ApiError::from_apply(e)),
             };
             for ev in &batch.events {
-                let Some(kv) = ev.kv.as_ref() else { continue };
-                if !kv.key.starts_with(&prefix) {
-                    continue;
-                }
                 if let Some(out) = self.translate::<K>(ev, opts)? {
                     if tx.send(Ok(out)).await.is_err() {
                         return Ok(());

@@ -180,29 +180,26 @@ impl Watcher {
         let no_delete = self.req.filters.contains(&(FilterType::Nodelete as i32));
         let mut progress = tokio::time::interval(self.progress);
         progress.tick().await;
+        // The watched range, shared with the store's reads so that only its events are copied.
+        let range: Arc<(Vec<u8>, Vec<u8>)> = Arc::new((self.req.key.clone(), self.req.range_end.clone()));
         loop {
             let current = self.api.store.revisions().current;
             if next <= current {
-                let store = self.api.store.clone();
-                let from = next;
-                let read = tokio::task::spawn_blocking(move || store.events(from, EVENTS_PER_BATCH)).await;
-                let batch = match read {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(ApplyError::Compacted)) => return self.compacted().await,
-                    Ok(Err(e)) => return self.fail(current, e.to_string()).await,
-                    Err(_) => return self.fail(current, "watch read task failed".into()).await,
+                let range = range.clone();
+                let keep = move |ev: &crate::pb::mvccpb::Event| {
+                    let is_put = ev.r#type == EventType::Put as i32;
+                    ev.kv.as_ref().is_some_and(|kv| crate::store::in_range(&kv.key, &range.0, &range.1))
+                        && !((is_put && no_put) || (!is_put && no_delete))
+                };
+                let batch = match self.api.store.watch_events(next, EVENTS_PER_BATCH, keep).await {
+                    Ok(b) => b,
+                    Err(ApplyError::Compacted) => return self.compacted().await,
+                    Err(e) => return self.fail(current, e.to_string()).await,
                 };
                 next = batch.next;
                 let mut selected = Vec::new();
                 for mut ev in batch.events {
                     let Some(kv) = ev.kv.as_ref() else { continue };
-                    if !crate::store::in_range(&kv.key, &self.req.key, &self.req.range_end) {
-                        continue;
-                    }
-                    let is_put = ev.r#type == EventType::Put as i32;
-                    if (is_put && no_put) || (!is_put && no_delete) {
-                        continue;
-                    }
                     if self.req.prev_kv {
                         let (key, rev) = (kv.key.clone(), kv.mod_revision);
                         ev.prev_kv = self.api.store.prev_kv(&key, rev).ok().flatten();

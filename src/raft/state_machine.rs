@@ -73,9 +73,7 @@ impl StateMachine {
             durability,
         })
     }
-}
 
-impl StateMachine {
     /// Commits what is staged, up to command `done` of the entry at `index`.
     fn commit_partial(&mut self, index: u64, done: usize) -> Result<(), crate::store::ApplyError> {
         let marker =

@@ -301,8 +301,15 @@ impl Store {
         recent.revs = revs;
     }
 
-    /// [`Store::events`] from memory, when every event from `from` on is there.
-    fn recent_events(&self, from: i64, max: usize) -> Option<Result<EventBatch, ApplyError>> {
+    /// [`Store::events_where`] from memory, when every event from `from` on is there; `None`
+    /// when the read must go to RocksDB. It never blocks on I/O, so a watcher that keeps up can
+    /// call it on its own task.
+    pub fn recent_events_where(
+        &self,
+        from: i64,
+        max: usize,
+        keep: impl Fn(&Event) -> bool,
+    ) -> Option<Result<EventBatch, ApplyError>> {
         let recent = self.recent.read();
         let revs = recent.revs;
         if from < revs.compacted {
@@ -313,15 +320,18 @@ impl Store {
         }
         let start = recent.events.partition_point(|(r, _)| *r < from);
         let mut events = Vec::new();
-        let mut last_rev = 0;
+        let (mut seen, mut last_rev) = (0, 0);
         let mut next = revs.current.max(from - 1) + 1;
         for (rev, ev) in recent.events.range(start..) {
-            if *rev != last_rev && events.len() >= max {
+            if *rev != last_rev && seen >= max {
                 next = *rev;
                 break;
             }
             last_rev = *rev;
-            events.push(ev.clone());
+            seen += 1;
+            if keep(ev) {
+                events.push(ev.clone());
+            }
         }
         Some(Ok(EventBatch { events, revs, next }))
     }
@@ -378,13 +388,36 @@ impl Store {
     /// is never split, so a batch may hold more), and where the next read starts. Fails with
     /// Compacted when `from` is below the compaction point.
     pub fn events(&self, from: i64, max: usize) -> Result<EventBatch, ApplyError> {
-        match self.recent_events(from, max) {
+        self.events_where(from, max, |_| true)
+    }
+
+    /// [`Store::events`] with only the events `keep` selects; `max` still counts every event
+    /// read, so a batch's size and `next` do not depend on the filter. Watchers filter here so
+    /// that the events they skip are never copied.
+    pub fn events_where(&self, from: i64, max: usize, keep: impl Fn(&Event) -> bool) -> Result<EventBatch, ApplyError> {
+        match self.recent_events_where(from, max, &keep) {
             Some(batch) => batch,
-            None => self.events_from_db(from, max),
+            None => self.events_from_db(from, max, keep),
         }
     }
 
-    fn events_from_db(&self, from: i64, max: usize) -> Result<EventBatch, ApplyError> {
+    /// [`Store::events_where`] for a watcher's task: from memory at once when the events are
+    /// there, otherwise from RocksDB on a blocking thread.
+    pub async fn watch_events<F>(self: &Arc<Self>, from: i64, max: usize, keep: F) -> Result<EventBatch, ApplyError>
+    where
+        F: Fn(&Event) -> bool + Send + 'static,
+    {
+        if let Some(batch) = self.recent_events_where(from, max, &keep) {
+            return batch;
+        }
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.events_from_db(from, max, keep)).await {
+            Ok(batch) => batch,
+            Err(e) => Err(ApplyError::Storage(format!("reading events: {e}"))),
+        }
+    }
+
+    fn events_from_db(&self, from: i64, max: usize, keep: impl Fn(&Event) -> bool) -> Result<EventBatch, ApplyError> {
         let snap = self.db.snapshot();
         let mut ro = ReadOptions::default();
         ro.set_snapshot(&snap);
@@ -396,18 +429,22 @@ impl Store {
         ro.set_snapshot(&snap);
         let start = keys::rev_key(from, 0);
         let mut events = Vec::new();
-        let mut last_rev = 0;
+        let (mut seen, mut last_rev) = (0, 0);
         // Everything up to the snapshot's current revision, unless the batch fills up first.
         let mut next = revs.current.max(from - 1) + 1;
         for item in self.db.iterator_cf_opt(cf(&self.db, CF_REVS), ro, IteratorMode::From(&start, Direction::Forward)) {
             let (k, v) = item.map_err(storage)?;
             let rev = keys::rev_of(&k);
-            if rev != last_rev && events.len() >= max {
+            if rev != last_rev && seen >= max {
                 next = rev;
                 break;
             }
             last_rev = rev;
-            events.push(Event::decode(v.as_ref()).map_err(storage)?);
+            seen += 1;
+            let ev = Event::decode(v.as_ref()).map_err(storage)?;
+            if keep(&ev) {
+                events.push(ev);
+            }
         }
         Ok(EventBatch { events, revs, next })
     }
@@ -1200,14 +1237,24 @@ mod tests {
         for from in [2, oldest_kept - 1, oldest_kept, oldest_kept + 1, current - 3, current, current + 1, current + 5] {
             for max in [1, 3, 100, 5000] {
                 let mem = s.events(from, max).unwrap();
-                let db = s.events_from_db(from, max).unwrap();
+                let db = s.events_from_db(from, max, |_| true).unwrap();
                 assert_eq!((&mem.events, mem.next, mem.revs), (&db.events, db.next, db.revs), "from {from}, max {max}");
+                // A filter drops events from the batch, not from what the batch covers.
+                let ones = |ev: &Event| ev.kv.as_ref().is_some_and(|kv| kv.key.ends_with(b"1"));
+                let want: Vec<Event> = mem.events.iter().filter(|ev| ones(ev)).cloned().collect();
+                for filtered in [s.events_where(from, max, ones).unwrap(), s.events_from_db(from, max, ones).unwrap()] {
+                    assert_eq!(
+                        (&filtered.events, filtered.next),
+                        (&want, mem.next),
+                        "from {from}, max {max}, filtered"
+                    );
+                }
             }
         }
         a.apply(Some(&Command::Compact { revision: oldest_kept + 10 }), &[]).expect("compact");
         assert_eq!(s.events(oldest_kept + 9, 10).unwrap_err(), ApplyError::Compacted);
         let mem = s.events(oldest_kept + 10, 10).unwrap();
-        assert_eq!(mem.events, s.events_from_db(oldest_kept + 10, 10).unwrap().events);
+        assert_eq!(mem.events, s.events_from_db(oldest_kept + 10, 10, |_| true).unwrap().events);
     }
 
     #[test]
