@@ -101,8 +101,13 @@ impl Durability {
         if early == 0 {
             return Ok(());
         }
+        self.wait_until(|s| s.seq >= early).await
+    }
+
+    /// Waits until the syncs have got as far as `done` says; fails once a sync failed.
+    async fn wait_until(&self, done: impl Fn(&Synced) -> bool) -> Result<(), String> {
         let mut rx = self.synced.subscribe();
-        let state = rx.wait_for(|s| !matches!(s, Ok(n) if n.seq < early)).await;
+        let state = rx.wait_for(|s| !matches!(s, Ok(n) if !done(n))).await;
         match state.as_deref() {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("syncing the Raft log failed: {e}")),
@@ -135,13 +140,7 @@ impl Durability {
             // `c` is in the log as the synced entry; anything else is held back entirely.
             return Ok(synced.last.filter(|s| s.leader_id == c.leader_id));
         }
-        let mut rx = self.synced.subscribe();
-        let state = rx.wait_for(|s| !matches!(s, Ok(s) if !covers(s))).await;
-        match state.as_deref() {
-            Ok(Ok(_)) => Ok(committed),
-            Ok(Err(e)) => Err(format!("syncing the Raft log failed: {e}")),
-            Err(_) => Err("the Raft log's sync thread stopped".into()),
-        }
+        self.wait_until(covers).await.map(|()| committed)
     }
 }
 
