@@ -146,6 +146,17 @@ pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
     let (mut opts, cfs) = options();
     opts.create_if_missing(!exists);
     let db = DB::open_cf_descriptors(&opts, &db_dir, cfs).map_err(|e| corrupt(e.into_string()))?;
+    // RocksDB rewrites a last-level file once the oldest snapshot is newer than the file, to
+    // zero its sequence numbers ("BottommostFiles" compactions). Every Range takes a snapshot,
+    // and while a family's data fits in one level its every fresh flush is last-level: each
+    // Raft log and revision file was written twice, a third of all compaction output under
+    // puts. An hour's delay leaves the log's files to their purge and the rest to the normal
+    // compactions, which zero the numbers anyway.
+    for name in ALL_CFS {
+        let cf = db.cf_handle(name).expect("column family created at open");
+        db.set_options_cf(cf, &[("bottommost_file_compaction_delay", "3600")])
+            .map_err(|e| corrupt(format!("setting options of column family {name}: {}", e.into_string())))?;
+    }
     let raft_cf = db.cf_handle(CF_RAFT).expect("column family created at open");
     let identity = match read_identity(&db, data_dir, wanted)? {
         Some(found) => found,
