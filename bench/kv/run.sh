@@ -25,6 +25,10 @@
 #   BENCH_PORT_BASE           loopback ports used: base+1..3, +11..13, +101..103, +111..113
 #                                                         default 31000
 #   BENCH_RESULTS             directory for results.jsonl, report.md and logs   default bench/results
+#   BENCH_SETTLE_SECS         before each run, wait up to this long for the members of both
+#                             systems to go quiet (under 10 % of one CPU together), so that one
+#                             run does not pay for the background work the previous run left
+#                             (compactions, backend commits); the wait is logged  default 20
 #   BENCH_NO_BUILD=1          use the binaries already built
 #   BENCH_KEEP=1              keep the members' data directories
 #   ETCD, ETCDCTL             default /usr/bin/etcd, etcdctl from PATH
@@ -39,6 +43,7 @@ put_total=${BENCH_PUT_TOTAL:-30000}
 range_total_single=${BENCH_RANGE_TOTAL_SINGLE:-5000}
 range_total=${BENCH_RANGE_TOTAL:-50000}
 max_secs=${BENCH_MAX_SECS:-20}
+settle_secs=${BENCH_SETTLE_SECS:-20}
 keys=${BENCH_KEYS:-100000}
 fill_pair=${BENCH_FILL_PAIR:-256:100}
 systems=${BENCH_SYSTEMS:-"rkube etcd"}
@@ -210,6 +215,34 @@ group_commit() {
   done
 }
 
+# CPU time (clock ticks) the members of every running system have used so far.
+members_ticks() {
+  local pid total=0 t
+  for pid in ${members[*]}; do
+    t=$(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null) || t=0
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+# Waits until the members of both systems together use under 10 % of one CPU over a second, at
+# most settle_secs; logs how long it took.
+settle() {
+  local start=$SECONDS hz before after
+  hz=$(getconf CLK_TCK)
+  while [ $((SECONDS - start)) -lt "$settle_secs" ]; do
+    before=$(members_ticks)
+    sleep 1
+    after=$(members_ticks)
+    # 10 % of one CPU over a second, in ticks.
+    if [ $(((after - before) * 10)) -le "$hz" ]; then
+      log "quiet after $((SECONDS - start)) s"
+      return 0
+    fi
+  done
+  log "still busy after $settle_secs s (load average $(cut -d' ' -f1-3 /proc/loadavg)); running anyway"
+}
+
 # Runs one bench-kv command against a system; its JSON line goes to the results, and to the log.
 bench() {
   local sys=$1 line
@@ -258,7 +291,10 @@ done
 n=0
 while read -r -a args; do
   if [ $((n % 2)) = 1 ]; then turn=$(printf '%s\n' "${order[@]}" | tac); else turn=${order[*]}; fi
-  for sys in $turn; do bench "$sys" "${args[@]}"; done
+  for sys in $turn; do
+    settle
+    bench "$sys" "${args[@]}"
+  done
   n=$((n + 1))
 done < <(plan)
 for sys in "${order[@]}"; do sample_rss "$sys" "after-all-runs"; done
