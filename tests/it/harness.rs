@@ -340,6 +340,15 @@ impl Drop for Cluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+        // A failed test leaves no data dir behind: show what each member said at the end.
+        if std::thread::panicking() {
+            for m in &self.members {
+                let text = m.log_text();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                eprintln!("--- member {} log, last {} lines:\n{}", m.id, tail.len(), tail.join("\n"));
+            }
+        }
     }
 }
 
