@@ -9,13 +9,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // The client API. Its descriptor set feeds gRPC reflection on --listen-api. The etcd
     // messages travel inside Raft log entries, which are serialized with serde.
+    let etcd = ["proto/etcd/kv.proto", "proto/etcd/rpc.proto"];
     let mut config = prost_build::Config::new();
     config.protoc_executable(&protoc);
     config.type_attribute(".etcdserverpb", "#[derive(serde::Serialize, serde::Deserialize)]");
     config.type_attribute(".mvccpb", "#[derive(serde::Serialize, serde::Deserialize)]");
+    // serde sees a `Vec<u8>` as a sequence, so bincode would write and read keys and values one
+    // byte per call; as bytes they are copied whole (the encoding is the same: length, bytes).
+    let fds = config.load_fds(&etcd, &["proto"])?;
+    for file in &fds.file {
+        for msg in &file.message_type {
+            for field in &msg.field {
+                let plain_bytes = field.r#type == Some(TYPE_BYTES)
+                    && field.label != Some(LABEL_REPEATED)
+                    && field.oneof_index.is_none();
+                if plain_bytes {
+                    config.field_attribute(
+                        format!(".{}.{}.{}", file.package(), msg.name(), field.name()),
+                        "#[serde(with = \"serde_bytes\")]",
+                    );
+                }
+            }
+        }
+    }
     tonic_prost_build::configure().file_descriptor_set_path(out_dir.join("rkube_descriptor.bin")).compile_with_config(
         config,
-        &["proto/etcd/kv.proto", "proto/etcd/rpc.proto"],
+        &etcd,
         &["proto"],
     )?;
 
@@ -59,6 +78,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_with_config(config, &["proto/rkube/raft.proto"], &["proto"])?;
     Ok(())
 }
+
+/// `FieldDescriptorProto`'s type of a `bytes` field, and its label of a `repeated` one.
+const TYPE_BYTES: i32 = 12;
+const LABEL_REPEATED: i32 = 3;
 
 /// Fields that Kubernetes types as IntOrString: strings here, but manifests may give a number.
 const INT_OR_STRING: &[&str] = &[
