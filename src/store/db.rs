@@ -79,7 +79,8 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
     // Reuse obsolete WAL files instead of creating new ones: overwriting blocks a file already
     // has keeps its size and block map unchanged, so each sync is a data-only fdatasync, with
     // no ext4 journal commit for the inode (bench/README.md, run R). Records carry their log
-    // number, so recovery stops at the stale tail of a reused file.
+    // number, so recovery stops at the stale tail of a reused file. RocksDB then refuses writes
+    // with `disableWAL`, which rkube does not use.
     db_opts.set_recycle_log_file_num(4);
     // Not `manual_wal_flush`: every write reaches the WAL file at once (a write(2) each), so a
     // leader killed with -9 keeps the entries it counted as its own copy before its sync; kept

@@ -155,6 +155,13 @@ async fn a_member_killed_after_reusing_its_wal_files_keeps_every_acknowledged_wr
     for w in writers {
         w.await.expect("writer task");
     }
+    // RocksDB's own log says whether a WAL file was reused; without that, this test would not
+    // test what it says.
+    let rocksdb_log = std::fs::read_to_string(c.members[0].data_dir.join("db/LOG")).unwrap_or_default();
+    assert!(
+        rocksdb_log.contains("from recycle list"),
+        "no WAL file was reused before the kill: write more, or the WAL reuse is off"
+    );
     let acked = acked.lock().await.clone();
     c.restart(0);
     c.wait_leader(Duration::from_secs(10)).await;
