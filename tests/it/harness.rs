@@ -321,13 +321,13 @@ impl Cluster {
         }
     }
 
-    /// Every member's log, for failure messages.
+    /// The last 40 lines of every member's log, for failure messages.
     pub fn logs(&self) -> String {
         self.members
             .iter()
             .map(|m| {
                 let text = m.log_text();
-                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
                 format!("--- member {} ---\n{}", m.id, tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
             })
             .collect::<Vec<_>>()
@@ -342,12 +342,7 @@ impl Drop for Cluster {
         }
         // A failed test leaves no data dir behind: show what each member said at the end.
         if std::thread::panicking() {
-            for m in &self.members {
-                let text = m.log_text();
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(40)..];
-                eprintln!("--- member {} log, last {} lines:\n{}", m.id, tail.len(), tail.join("\n"));
-            }
+            eprintln!("{}", self.logs());
         }
     }
 }
