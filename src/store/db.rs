@@ -151,10 +151,10 @@ pub fn open(data_dir: &Path, wanted: Identity) -> Result<Opened, OpenError> {
     }
     let (mut opts, cfs) = options();
     opts.create_if_missing(!exists);
-    // Flushes and compactions write new files, and on this kind of virtual machine the kernel
-    // copying into fresh page-cache pages was half of their CPU: 15 % of the machine under
-    // 1000-client puts, 7 % with direct I/O (bench/README.md, run T). Reads stay buffered, and
-    // every file is still synced before RocksDB relies on it.
+    // Flushes and compactions write new files, and the kernel copying them into fresh
+    // page-cache pages was half of their CPU in a profile under 1000-client puts: 15 % of the
+    // machine, 7 % with direct I/O (bench/README.md, run T). Reads stay buffered, and every
+    // file is still synced before RocksDB relies on it.
     match direct_io_works(&db_dir) {
         Ok(()) => opts.set_use_direct_io_for_flush_and_compaction(true),
         Err(e) => {
@@ -205,7 +205,7 @@ fn direct_io_works(dir: &Path) -> std::io::Result<()> {
             .open(&path)?;
         // A block-aligned slice of a buffer twice its size.
         let buf = vec![0u8; 2 * BLOCK];
-        let at = buf.as_ptr().align_offset(BLOCK);
+        let at = (BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
         file.write_all(&buf[at..at + BLOCK])
     })();
     let _ = std::fs::remove_file(&path);
