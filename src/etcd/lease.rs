@@ -122,18 +122,24 @@ impl Lease for LeaseService {
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
         let found = leader_ttl(&self.api, LeaderRequest::LeaseTimeToLive { id: req.id }).await?;
-        let header = self.api.header(self.api.store.revisions().current);
         // etcd answers a query for an unknown lease with TTL -1.
         let Some((ttl, granted)) = found else {
             return Ok(Response::new(epb::LeaseTimeToLiveResponse {
-                header,
+                header: self.api.header(self.api.store.revisions().current),
                 id: req.id,
                 ttl: -1,
                 ..Default::default()
             }));
         };
-        let keys =
-            if req.keys { self.api.store.lease_keys(req.id).map_err(|e| status_of_apply(&e))? } else { Vec::new() };
+        // The keys come from this member's store: a read barrier first, so that a follower
+        // lists every key a write acknowledged before this call attached (as etcd's leader does).
+        let keys = if req.keys {
+            self.api.node.read_barrier().await.map_err(|e| status_of(&e))?;
+            self.api.store.lease_keys(req.id).map_err(|e| status_of_apply(&e))?
+        } else {
+            Vec::new()
+        };
+        let header = self.api.header(self.api.store.revisions().current);
         Ok(Response::new(epb::LeaseTimeToLiveResponse { header, id: req.id, ttl, granted_ttl: granted, keys }))
     }
 

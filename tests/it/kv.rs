@@ -189,6 +189,33 @@ async fn an_unrenewed_lease_expires_by_the_leaders_decision_and_deletes_its_keys
     assert_eq!(alive.granted_ttl, 2);
 }
 
+/// A follower answers TimeToLive with every key a write acknowledged before the call attached,
+/// even when the follower relayed the leader's answer to that write before applying it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn time_to_live_on_a_follower_lists_the_keys_just_attached() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(Duration::from_secs(10)).await;
+    let follower = (leader + 1) % 3;
+    let mut at_leader = c.lease(leader).await;
+    let id = at_leader.lease_grant(epb::LeaseGrantRequest { ttl: 60, id: 0 }).await.expect("grant").into_inner().id;
+    let mut kv = c.kv(follower).await;
+    let mut at_follower = c.lease(follower).await;
+    let mut want = Vec::new();
+    for i in 0..100 {
+        let key = format!("attached/{i:03}");
+        kv.put(epb::PutRequest { lease: id, ..put(&key, "x") }).await.expect("put with the lease");
+        want.push(key.into_bytes());
+        let ttl = at_follower
+            .lease_time_to_live(epb::LeaseTimeToLiveRequest { id, keys: true })
+            .await
+            .expect("time to live at a follower")
+            .into_inner();
+        let mut keys = ttl.keys;
+        keys.sort();
+        assert_eq!(keys, want, "round {i}: the follower's list misses a key the leader acknowledged");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ranges_page_sort_and_count_like_etcd() {
     let c = Cluster::start(1).await;
