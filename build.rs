@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use prost_types::field_descriptor_proto::{Label, Type};
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -20,9 +22,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &fds.file {
         for msg in &file.message_type {
             for field in &msg.field {
-                let plain_bytes = field.r#type == Some(TYPE_BYTES)
-                    && field.label != Some(LABEL_REPEATED)
-                    && field.oneof_index.is_none();
+                let plain_bytes =
+                    field.r#type() == Type::Bytes && field.label() != Label::Repeated && field.oneof_index.is_none();
                 if plain_bytes {
                     config.field_attribute(
                         format!(".{}.{}.{}", file.package(), msg.name(), field.name()),
@@ -78,10 +79,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_with_config(config, &["proto/rkube/raft.proto"], &["proto"])?;
     Ok(())
 }
-
-/// `FieldDescriptorProto`'s type of a `bytes` field, and its label of a `repeated` one.
-const TYPE_BYTES: i32 = 12;
-const LABEL_REPEATED: i32 = 3;
 
 /// Fields that Kubernetes types as IntOrString: strings here, but manifests may give a number.
 const INT_OR_STRING: &[&str] = &[
